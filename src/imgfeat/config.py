@@ -1,0 +1,199 @@
+"""One place for configuration: a frozen dataclass per stage, composed into PipelineConfig.
+
+The CLI maps onto these fields one to one; the runners receive a PipelineConfig (small,
+picklable) and build the heavy objects themselves, once per worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+DEFAULT_MAX_PIXELS = 100_000_000  # ~ a 10k x 10k photo; larger images are refused as bombs
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How image bytes become RGB arrays.
+
+    Args:
+        max_pixels: images whose header declares more pixels are refused (decompression bombs).
+        max_side: decode JPEGs at a reduced scale (DCT downscale) while the long side stays
+            >= this; other formats are decoded in full and resized down to it. 0 keeps full size.
+        max_bytes: files larger than this are refused before they are read.
+    """
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_side: int = 1024
+    max_bytes: int = 256 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_pixels <= 0:
+            raise ConfigError(f"max_pixels must be positive, got {self.max_pixels}")
+        if self.max_side < 0:
+            raise ConfigError(f"max_side must be >= 0, got {self.max_side}")
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """Main-object detection and cropping.
+
+    Args:
+        model: registry name of the detector, or "none" to skip detection.
+        score_threshold: detections below it are ignored.
+        select: "score" keeps the highest score; "score_area" weighs score by box area.
+        margin: fraction of the box size added on each side of the crop.
+        batch_size: images per detector call.
+    """
+
+    model: str = "centernet-mbv3"
+    score_threshold: float = 0.3
+    select: str = "score"
+    margin: float = 0.05
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.select not in ("score", "score_area"):
+            raise ConfigError(f"select must be 'score' or 'score_area', got {self.select!r}")
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ConfigError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
+        if not 0.0 <= self.margin <= 1.0:
+            raise ConfigError(f"margin must be in [0, 1], got {self.margin}")
+        if self.batch_size < 1:
+            raise ConfigError(f"detector batch_size must be >= 1, got {self.batch_size}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.model.lower() != "none"
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """Embedding and binary code.
+
+    Args:
+        model: registry name of the embedder (or "onnx:PATH").
+        dtype: "float32" or "float16" for the stored vector.
+        hasher: name of the binary-code function; "rproj" is a seeded random orthogonal projection.
+        code_bits: bits of the binary code (a multiple of 8).
+        seed: seed of the projection.
+        batch_size: crops per embedder call.
+    """
+
+    model: str = "mobilenet-v2"
+    dtype: str = "float32"
+    hasher: str = "rproj"
+    code_bits: int = 256
+    seed: int = 0
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "float16"):
+            raise ConfigError(f"dtype must be 'float32' or 'float16', got {self.dtype!r}")
+        if self.code_bits <= 0 or self.code_bits % 8:
+            raise ConfigError(f"code_bits must be a positive multiple of 8, got {self.code_bits}")
+        if self.batch_size < 1:
+            raise ConfigError(f"embedder batch_size must be >= 1, got {self.batch_size}")
+
+
+def default_workers() -> int:
+    """Decode processes: leave the inference runtime most of a small machine."""
+    cores = os.cpu_count() or 1
+    return max(1, min(cores // 2, 16))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How the run is executed.
+
+    Args:
+        workers: decode processes; 0 decodes in the main process (debugging, tests).
+        shard_size: images per output Parquet file (the unit of resume).
+        limit: process only the first N inputs (after sorting), 0 for all.
+        device: "cpu" or "cuda".
+        threads: inference threads; 0 lets the runtime decide.
+        overwrite: delete an existing output first.
+        max_error_ratio: fail the run when more than this share of images fail (1.0 never fails).
+        progress: show a progress bar.
+    """
+
+    workers: int = field(default_factory=default_workers)
+    shard_size: int = 1000
+    limit: int = 0
+    device: str = "cpu"
+    threads: int = 0
+    overwrite: bool = False
+    max_error_ratio: float = 1.0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        if self.shard_size < 1:
+            raise ConfigError(f"shard_size must be >= 1, got {self.shard_size}")
+        if self.limit < 0:
+            raise ConfigError(f"limit must be >= 0, got {self.limit}")
+        if self.device not in ("cpu", "cuda"):
+            raise ConfigError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if not 0.0 <= self.max_error_ratio <= 1.0:
+            raise ConfigError(f"max_error_ratio must be in [0, 1], got {self.max_error_ratio}")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything a run needs, in one picklable object."""
+
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_options(cls, **options: Any) -> "PipelineConfig":
+        """Build from flat keyword options, as the CLI and `imgfeat.extract` take them.
+
+        Each option name is `<stage>_<field>` or a bare field name that is unique across
+        stages (e.g. `batch_size` sets both model batch sizes, `detector`/`embedder` set
+        the model names). Unknown names raise ConfigError listing the valid ones.
+        """
+        aliases = {"detector": ("detect", "model"), "embedder": ("embed", "model")}
+        stages = {f.name: f.type for f in dataclasses.fields(cls)}
+        values: dict[str, dict[str, Any]] = {name: {} for name in stages}
+        valid = set(aliases)
+        by_field: dict[str, list[str]] = {}
+        for stage_name in stages:
+            stage_cls = {"decode": DecodeConfig, "detect": DetectConfig,
+                         "embed": EmbedConfig, "run": RunConfig}[stage_name]
+            for f in dataclasses.fields(stage_cls):
+                valid.add(f"{stage_name}_{f.name}")
+                by_field.setdefault(f.name, []).append(stage_name)
+        valid.update(by_field)
+        for key, value in options.items():
+            if value is None:
+                continue
+            if key in aliases:
+                stage_name, name = aliases[key]
+                values[stage_name][name] = value
+            elif key in by_field:
+                for stage_name in by_field[key]:
+                    values[stage_name][key] = value
+            elif "_" in key and key.split("_", 1)[0] in stages and key.split("_", 1)[1] in by_field:
+                stage_name, name = key.split("_", 1)
+                if stage_name not in by_field[name]:
+                    raise ConfigError(f"unknown option {key!r}")
+                values[stage_name][name] = value
+            else:
+                raise ConfigError(f"unknown option {key!r}; valid options: {', '.join(sorted(valid))}")
+        return cls(
+            decode=DecodeConfig(**values["decode"]),
+            detect=DetectConfig(**values["detect"]),
+            embed=EmbedConfig(**values["embed"]),
+            run=RunConfig(**values["run"]),
+        )

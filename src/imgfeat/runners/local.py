@@ -1,0 +1,231 @@
+"""The local runner: one machine, three overlapping stages.
+
+    worker processes: read + decode batch n+2, n+1 ...   (bounded number in flight)
+    main thread:      detect + crop + embed + hash batch n
+    writer thread:    Parquet shard k-1                   (bounded queue)
+
+Memory stays flat: at most `2 * workers + 2` decoded batches and two finished shards
+exist at any time, whatever the number of inputs.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import multiprocessing
+import queue
+import threading
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import pyarrow as pa
+
+from .. import __version__
+from ..config import PipelineConfig
+from ..errors import TooManyErrors
+from ..sinks import ParquetSink, Shard
+from ..sources import Item, Source
+from ..stages import DecodedItem, Features, ReadDecode, StageTimer
+
+_WORKER_STAGE: ReadDecode | None = None
+
+
+def _init_worker(stage: ReadDecode) -> None:
+    global _WORKER_STAGE
+    _WORKER_STAGE = stage
+
+
+def _decode_in_worker(items: list[Item]) -> tuple[list[DecodedItem], dict[str, float]]:
+    assert _WORKER_STAGE is not None
+    return _WORKER_STAGE(items)
+
+
+@dataclass
+class RunReport:
+    """What a run did. `errors` counts failed inputs by reason (the text before any detail)."""
+
+    output: str
+    inputs: int
+    processed: int = 0
+    skipped: int = 0
+    ok: int = 0
+    failed: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"output": self.output, "inputs": self.inputs, "processed": self.processed,
+                "skipped": self.skipped, "ok": self.ok, "failed": self.failed, "errors": self.errors,
+                "seconds": round(self.seconds, 3), "images_per_second": round(self.images_per_second, 2),
+                "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()}}
+
+
+def error_kind(reason: str) -> str:
+    """The kind of an error reason: "corrupt: cannot decode (...)" -> "corrupt"."""
+    return reason.split(":", 1)[0]
+
+
+def config_fingerprint(config: PipelineConfig) -> str:
+    """What must match for a resumed run to continue an output: everything that shapes rows."""
+    relevant = {k: v for k, v in config.to_dict().items() if k != "run"}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _batches(shards: Sequence[Shard], size: int) -> Iterator[tuple[Shard, list[Item], bool]]:
+    """(shard, items, last-batch-of-shard) in order; batches never cross shards."""
+    for shard in shards:
+        for start in range(0, len(shard.items), size):
+            yield shard, shard.items[start:start + size], start + size >= len(shard.items)
+
+
+class _Decoder:
+    """Submits decode batches ahead of the consumer and yields them in order."""
+
+    def __init__(self, stage: ReadDecode, workers: int, prefetch: int):
+        self.stage = stage
+        self.prefetch = prefetch
+        self.pool = None
+        if workers > 0:
+            context = multiprocessing.get_context("forkserver")
+            self.pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                            initargs=(stage,))
+
+    def map(self, batches: Iterator[tuple[Shard, list[Item], bool]]
+            ) -> Iterator[tuple[Shard, bool, list[DecodedItem], dict[str, float]]]:
+        if self.pool is None:
+            for shard, items, last in batches:
+                decoded, seconds = self.stage(items)
+                yield shard, last, decoded, seconds
+            return
+        pending: collections.deque[tuple[Shard, bool, Future]] = collections.deque()
+        for shard, items, last in batches:
+            pending.append((shard, last, self.pool.submit(_decode_in_worker, items)))
+            if len(pending) >= self.prefetch:
+                shard_, last_, future = pending.popleft()
+                yield shard_, last_, *future.result()
+        while pending:
+            shard_, last_, future = pending.popleft()
+            yield shard_, last_, *future.result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Writer(threading.Thread):
+    """Writes finished shards off the critical path; re-raises its error in the caller."""
+
+    def __init__(self, sink: ParquetSink, timer: StageTimer):
+        super().__init__(name="imgfeat-writer", daemon=True)
+        self.sink, self.timer = sink, timer
+        self.jobs: queue.Queue = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            shard, table = job
+            start = time.perf_counter()
+            try:
+                self.sink.write_shard(shard, table)
+            except BaseException as exc:  # surfaced by put()/close() in the main thread
+                self.error = exc
+                return
+            self.timer.add("write", time.perf_counter() - start)
+
+    def put(self, shard: Shard, table: pa.Table) -> None:
+        if self.error:
+            raise self.error
+        self.jobs.put((shard, table))
+
+    def close(self) -> None:
+        self.jobs.put(None)
+        self.join()
+        if self.error:
+            raise self.error
+
+
+def run_local(source: Source, output: str, config: PipelineConfig,
+              on_progress: Callable[[int, int, int], None] | None = None) -> RunReport:
+    """Run the pipeline on this machine. See `imgfeat.extract` for the user-facing form.
+
+    Args:
+        source: an opened Source.
+        output: folder or fsspec URL for the Parquet shards.
+        config: the whole configuration.
+        on_progress: called with (images done in the batch, errors so far, images to do)
+            once before the first batch and after each batch.
+
+    Returns:
+        RunReport of this call (shards already complete are counted as skipped).
+
+    Raises:
+        OutputError: `output` holds another run's output.
+        TooManyErrors: more than `config.run.max_error_ratio` of the inputs failed.
+    """
+    started = time.perf_counter()
+    run = config.run
+    items = source.list()
+    if run.limit:
+        items = items[:run.limit]
+    features = Features(config)
+    sink = ParquetSink(output, overwrite=run.overwrite)
+    settings = {
+        "imgfeat_version": __version__,
+        "config": config.to_dict(),
+        "config_fingerprint": config_fingerprint(config),
+        "source": source.describe(),
+        "models": features.models,
+        "model_digests": features.digests,
+        "schema": [f"{f.name}: {f.type}" for f in features.schema],
+    }
+    todo = sink.plan(items, run.shard_size, settings)
+    report = RunReport(output=output, inputs=len(items))
+    report.skipped = len(items) - sum(len(s.items) for s in todo)
+    timer = features.timer
+    todo_count = report.inputs - report.skipped
+    if on_progress:
+        on_progress(0, 0, todo_count)
+
+    batch_size = max(config.detect.batch_size, 1)
+    decoder = _Decoder(ReadDecode(source, config.decode), run.workers, prefetch=2 * run.workers + 2)
+    writer = _Writer(sink, timer)
+    writer.start()
+    pieces: list[pa.Table] = []
+    try:
+        for shard, last, decoded, seconds in decoder.map(_batches(todo, batch_size)):
+            timer.merge(seconds)
+            table = features(decoded)
+            pieces.append(table)
+            failed = [r for r in table.column("error").to_pylist() if r is not None]
+            for reason in failed:
+                kind = error_kind(reason)
+                report.errors[kind] = report.errors.get(kind, 0) + 1
+            report.processed += table.num_rows
+            report.failed += len(failed)
+            if on_progress:
+                on_progress(table.num_rows, report.failed, todo_count)
+            if last:
+                writer.put(shard, pa.concat_tables(pieces))
+                pieces = []
+    finally:
+        decoder.close()
+        writer.close()
+    report.ok = report.processed - report.failed
+    report.seconds = time.perf_counter() - started
+    report.stage_seconds = dict(timer.seconds)
+    sink.finish({"last_run": report.to_dict()})
+    if report.processed and report.failed / report.processed > run.max_error_ratio:
+        raise TooManyErrors(f"{report.failed} of {report.processed} images failed, more than the "
+                            f"allowed ratio {run.max_error_ratio}; the output is written, see `imgfeat info`")
+    return report
