@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+
+import imgfeat
+from imgfeat.config import PipelineConfig
+from imgfeat.crop import crop, expand_box, scale_box, select_main
+from imgfeat.errors import ConfigError, MissingExtra, ModelUnavailable, UnknownModel
+from imgfeat.models import create_detector, create_embedder, create_hasher
+from imgfeat.models.hashing import hamming_distance, orthogonal_projection
+
+
+DETS = np.array([
+    [0, 0, 10, 10, 0.9, 1],     # small, confident
+    [0, 0, 100, 100, 0.6, 2],   # large, less confident
+    [5, 5, 50, 50, 0.2, 3],     # below threshold
+], dtype=np.float32)
+
+
+def test_select_main_by_score_or_score_times_area():
+    assert select_main(DETS, 0.3, "score") == 0
+    assert select_main(DETS, 0.3, "score_area") == 1
+    assert select_main(DETS, 0.95) is None
+    assert select_main(np.zeros((0, 6), np.float32), 0.1) is None
+
+
+def test_select_main_ignores_big_box_under_threshold():
+    dets = np.array([[0, 0, 10, 10, 0.5, 0], [0, 0, 500, 500, 0.1, 1]], np.float32)
+    assert select_main(dets, 0.3, "score_area") == 0
+
+
+def test_expand_box_adds_margin_and_clips():
+    assert expand_box(np.array([10, 20, 30, 60]), 0.1, 100, 100) == (8, 16, 32, 64)
+    assert expand_box(np.array([-5, -5, 120, 90]), 0.5, 100, 80) == (0, 0, 100, 80)
+    # a degenerate box still yields at least one pixel
+    left, top, right, bottom = expand_box(np.array([99.5, 79.5, 99.5, 79.5]), 0.0, 100, 80)
+    assert right - left >= 1 and bottom - top >= 1 and right <= 100 and bottom <= 80
+
+
+def test_crop_and_scale_box():
+    image = np.arange(10 * 20 * 3, dtype=np.uint8).reshape(10, 20, 3)
+    assert crop(image, (2, 3, 7, 9)).shape == (6, 5, 3)
+    assert np.allclose(scale_box(np.array([1, 2, 3, 4, 0.5, 0]), 2.0, 3.0), [2, 6, 6, 12])
+
+
+def test_projection_is_orthonormal_and_seeded():
+    p = orthogonal_projection(64, 32, seed=7)
+    assert np.allclose(p.T @ p, np.eye(32), atol=1e-5)
+    assert np.array_equal(p, orthogonal_projection(64, 32, seed=7))
+    assert not np.allclose(p, orthogonal_projection(64, 32, seed=8))
+
+
+def test_codes_are_packed_and_preserve_similarity():
+    rng = np.random.default_rng(0)
+    hasher = create_hasher("rproj", dim=128, bits=256, seed=0)
+    x = rng.standard_normal((50, 128)).astype(np.float32)
+    near = x + 0.05 * rng.standard_normal(x.shape).astype(np.float32)
+    codes, near_codes = hasher(x), hasher(near)
+    assert codes.shape == (50, 32) and codes.dtype == np.uint8
+    near_d = np.mean([hamming_distance(a, b) for a, b in zip(codes, near_codes)])
+    far_d = np.mean([hamming_distance(codes[i], codes[(i + 1) % 50]) for i in range(50)])
+    assert near_d < 20 < 100 < far_d  # random pairs differ in about half of 256 bits
+    assert hasher.name == "rproj-256-s0"
+    with pytest.raises(ConfigError):
+        create_hasher("rproj", dim=128, bits=12)
+    with pytest.raises(ConfigError, match="unknown hasher"):
+        create_hasher("nope", dim=128, bits=64)
+
+
+def test_config_from_flat_options():
+    config = PipelineConfig.from_options(batch_size=4, detector="none", embedder="test-tiny",
+                                         workers=0, dtype="float16", embed_batch_size=16)
+    assert config.detect.batch_size == 4 and config.embed.batch_size == 16
+    assert not config.detect.enabled and config.embed.model == "test-tiny"
+    assert config.run.workers == 0 and config.embed.dtype == "float16"
+    with pytest.raises(ConfigError, match="unknown option 'batchsize'"):
+        PipelineConfig.from_options(batchsize=3)
+    with pytest.raises(ConfigError, match="code_bits"):
+        PipelineConfig.from_options(code_bits=10)
+    with pytest.raises(ConfigError, match="device"):
+        PipelineConfig.from_options(device="tpu")
+
+
+def test_registry_errors_say_what_to_do(tmp_path):
+    with pytest.raises(UnknownModel, match="centernet-mbv3.*onnx:PATH"):
+        create_detector("yolo-nope")
+    with pytest.raises(UnknownModel, match="mobilenet-v2"):
+        create_embedder("nope")
+    with pytest.raises(ModelUnavailable, match="not found"):
+        create_embedder(f"onnx:{tmp_path / 'missing.onnx'}")
+    with pytest.raises((MissingExtra, ModelUnavailable)) as info:
+        create_embedder("timm:resnet50")
+    assert "timm" in str(info.value)
+
+
+def test_public_api_is_pinned():
+    assert sorted(imgfeat.__all__) == sorted([
+        "ConfigError", "DecodeConfig", "Decoded", "DetectConfig", "EmbedConfig", "Features",
+        "ImgfeatError", "Item", "MissingExtra", "ModelUnavailable", "OutputError", "Pipeline",
+        "PipelineConfig", "ReadDecode", "RunConfig", "RunReport", "SourceError", "TooManyErrors",
+        "UnknownModel", "__version__", "create_detector", "create_embedder", "create_hasher",
+        "crop", "decode_image", "expand_box", "extract", "info", "open_source", "select_main",
+    ])
+    for name in imgfeat.__all__:
+        assert hasattr(imgfeat, name), name
