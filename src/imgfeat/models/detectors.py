@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelUnavailable
-from .preprocess import InputSpec, to_tensor
+from .preprocess import InputSpec, letterbox, to_tensor
 from .registry import register_detector
 from .runtimes import OnnxModel
 
@@ -58,10 +58,16 @@ class CenterNetDetector:
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
         if not images:
             return []
-        batch = to_tensor(images, self.spec)
+        # letterbox, as upstream's own inference does: stretching scored lower on real photos
+        # and added false positives (docs/models.md)
+        squares, factors = zip(*(letterbox(image, self.spec.size[0]) for image in images))
+        batch = np.stack(squares).astype(np.float32)
         outputs = self.model.run(batch, list(self._centernet.OUTPUT_NAMES))
         decoded = self._centernet.decode(outputs, max_detections=self.max_detections)
-        return [_scale_boxes(d, img, self.spec.size) for d, img in zip(decoded, images)]
+        results = []
+        for dets, image, factor in zip(decoded, images, factors):
+            results.append(_scale_boxes(dets, image, (image.shape[0] / factor, image.shape[1] / factor)))
+        return results
 
 
 class OnnxDetector:

@@ -80,6 +80,10 @@ def prepare_mobilenet_v2(force: bool = False) -> Path:
         raise MissingExtra("torch", extra="torch",
                            purpose=f"exporting the default embedder to {target} once "
                                    "(or copy an exported mobilenet_v2-b0353104.onnx there)") from exc
+    try:
+        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
+    except ImportError as exc:
+        raise MissingExtra("onnxscript", extra="torch", purpose="exporting the default embedder") from exc
     from . import mobilenet_v2
 
     try:

@@ -245,7 +245,16 @@ def export_onnx(
     so an opset below 18 uses the legacy TorchScript exporter (``dynamo=False``, deprecated but
     still in torch 2.13). onnxruntime >= 1.14 runs opset 18.
     """
-    import onnx  # noqa: PLC0415  (export-only dependency)
+    try:
+        import onnx  # noqa: PLC0415  (export-only dependencies)
+
+        if opset >= 18:
+            import onnxscript  # noqa: F401, PLC0415  (torch's dynamo exporter needs it)
+    except ImportError as exc:
+        raise ImportError(
+            f"exporting MobileNetV2 to ONNX needs torch, onnx and onnxscript; {exc.name} is "
+            "missing: pip install onnx onnxscript (or pip install 'imgfeat[torch]')"
+        ) from exc
 
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -56,3 +56,17 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.maximum(norms, 1e-12)
+
+
+def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+    """Fit an image into a size x size square, aspect kept, anchored top-left, zero padding.
+
+    Returns the square and the factor from square pixels back to image pixels; with the
+    top-left anchor a box maps back by that one factor, no offset.
+    """
+    height, width = image.shape[:2]
+    ratio = size / max(height, width)
+    new_h, new_w = max(1, round(height * ratio)), max(1, round(width * ratio))
+    square = np.zeros((size, size, 3), dtype=np.uint8)
+    square[:new_h, :new_w] = resize(image, (new_h, new_w))
+    return square, max(height, width) / size
