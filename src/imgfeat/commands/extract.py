@@ -1,0 +1,116 @@
+"""`imgfeat extract`: run the pipeline over a source into a Parquet dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..config import DecodeConfig, DetectConfig, EmbedConfig, RunConfig, default_workers
+
+EPILOG_EXTRACT = """\
+SOURCE may be a folder (recursive), a glob ('photos/**/*.jpg', quoted), a list file
+(.txt one path per line, .csv with a path column), a Parquet file or folder (binary or
+path column), or any fsspec URL (s3://, gs://, memory://) of those.
+
+examples:
+  imgfeat extract photos/ -o features/
+  imgfeat extract 'photos/**/*.jpg' -o features/ --batch-size 16 --workers 2
+  imgfeat extract listing.parquet --content-column image -o features/
+  imgfeat extract photos/ -o features/ --no-detect --dtype float16
+
+Rerunning the same command resumes: complete shards are skipped. Bad images become rows
+with status 'error' and a reason; they never stop the run.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    d_dec, d_det, d_emb, d_run = DecodeConfig(), DetectConfig(), EmbedConfig(), RunConfig(workers=0)
+    p = sub.add_parser("extract", help="extract features of images into a Parquet dataset",
+                       description="Detect the main object of every image, crop it, embed it and "
+                                   "write one row per input to a Parquet dataset.",
+                       epilog=EPILOG_EXTRACT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", help="folder, glob, list file, Parquet, or fsspec URL")
+    p.add_argument("-o", "--output", required=True, help="output folder or URL (Parquet shards)")
+    g = p.add_argument_group("input")
+    g.add_argument("--include", help="file-name patterns to keep, comma-separated ('*.jpg,*.png')")
+    g.add_argument("--content-column", help="binary column holding image bytes (tables)")
+    g.add_argument("--path-column", help="column holding paths or URLs (tables, CSV)")
+    g.add_argument("--id-column", help="column holding your own ids (tables)")
+    g.add_argument("--limit", type=int, default=0, help="process only the first N inputs")
+    g.add_argument("--max-pixels", type=int, default=d_dec.max_pixels,
+                   help=f"refuse images with more pixels (decompression bombs; default {d_dec.max_pixels})")
+    g.add_argument("--max-side", type=int, default=d_dec.max_side,
+                   help=f"decode at reduced size keeping the long side >= this (default {d_dec.max_side}; 0 = full)")
+    g = p.add_argument_group("models")
+    g.add_argument("--detector", default=d_det.model,
+                   help=f"detector name or onnx:PATH (default {d_det.model}; see `imgfeat models`)")
+    g.add_argument("--no-detect", action="store_true", help="skip detection, embed the whole image")
+    g.add_argument("--embedder", default=d_emb.model,
+                   help=f"embedder name, onnx:PATH, torchvision:NAME or timm:NAME (default {d_emb.model})")
+    g.add_argument("--score-threshold", type=float, default=d_det.score_threshold,
+                   help=f"minimum detection score (default {d_det.score_threshold})")
+    g.add_argument("--select", choices=("score", "score_area"), default=d_det.select,
+                   help="main object: highest score, or highest score x area (default score)")
+    g.add_argument("--margin", type=float, default=d_det.margin,
+                   help=f"crop margin as a fraction of the box (default {d_det.margin})")
+    g.add_argument("--dtype", choices=("float32", "float16"), default=d_emb.dtype, help="embedding storage type")
+    g.add_argument("--code-bits", type=int, default=d_emb.code_bits, help=f"binary code length (default {d_emb.code_bits})")
+    g = p.add_argument_group("execution")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help=f"images per model call (default: detector {d_det.batch_size}, embedder {d_emb.batch_size})")
+    g.add_argument("--workers", type=int, default=None,
+                   help=f"decode processes (default {default_workers()} here; 0 = in the main process)")
+    g.add_argument("--threads", type=int, default=0, help="inference threads (default: all cores)")
+    g.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="inference device")
+    g.add_argument("--shard-size", type=int, default=d_run.shard_size,
+                   help=f"images per output file, the unit of resume (default {d_run.shard_size})")
+    g.add_argument("--max-error-ratio", type=float, default=1.0,
+                   help="exit 1 when more than this share of images fail (default 1.0: never)")
+    g.add_argument("--overwrite", action="store_true", help="delete the output first and start over")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--json", action="store_true", help="print the run report as JSON")
+    p.set_defaults(handler=_extract)
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from ..api import extract
+
+    options = dict(
+        detector="none" if args.no_detect else args.detector, embedder=args.embedder,
+        score_threshold=args.score_threshold, select=args.select, margin=args.margin,
+        dtype=args.dtype, code_bits=args.code_bits, batch_size=args.batch_size,
+        workers=args.workers, threads=args.threads, device=args.device,
+        shard_size=args.shard_size, limit=args.limit, overwrite=args.overwrite,
+        max_error_ratio=args.max_error_ratio, max_pixels=args.max_pixels, max_side=args.max_side,
+        progress=not args.no_progress,
+    )
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+        bar = tqdm(unit="img", desc="extract", dynamic_ncols=True, file=sys.stderr)
+
+    def progress(done: int, errors: int, todo: int) -> None:
+        if bar.total != todo:
+            bar.reset(total=todo)
+        bar.update(done)
+        bar.set_postfix(errors=errors, refresh=False)
+
+    try:
+        report = extract(args.source, args.output, include=args.include,
+                         content_column=args.content_column, path_column=args.path_column,
+                         id_column=args.id_column, on_progress=progress if bar is not None else None, **options)
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    errors = ", ".join(f"{k} {v}" for k, v in sorted(report.errors.items())) or "none"
+    print(f"{report.processed} images in {report.seconds:.1f} s ({report.images_per_second:.1f} img/s): "
+          f"{report.ok} ok, {report.failed} failed ({errors})"
+          + (f"; {report.skipped} already done, skipped" if report.skipped else ""))
+    print(f"features: {args.output}  (imgfeat info {args.output})")
+    return 0
+
+
