@@ -17,7 +17,8 @@ def extract(source: str | os.PathLike | Source, output: str | os.PathLike, *,
             config: PipelineConfig | None = None, engine: str = "local",
             include: str | None = None, content_column: str | None = None,
             path_column: str | None = None, id_column: str | None = None,
-            on_progress: Callable[[int, int, int], None] | None = None, **options: Any) -> RunReport:
+            on_progress: Callable[[int, int, int], None] | None = None,
+            engine_options: dict[str, Any] | None = None, **options: Any) -> RunReport:
     """Extract features of every image in `source` into a Parquet dataset at `output`.
 
     Args:
@@ -26,7 +27,8 @@ def extract(source: str | os.PathLike | Source, output: str | os.PathLike, *,
         config: a full PipelineConfig; or give flat options instead, e.g. `batch_size=16`,
             `detector="none"`, `embedder="onnx:my.onnx"`, `workers=2`, `limit=100`,
             `dtype="float16"`, `overwrite=True` (see `PipelineConfig.from_options`).
-        engine: "local" (default).
+        engine: "local" (default), or a distributed engine registered in imgfeat.runners.
+        engine_options: passed to the engine's runner (e.g. {"master": "local[4]"}).
         include, content_column, path_column, id_column: how to read the source.
         on_progress: callback(images_done_in_batch, errors_so_far, images_to_do).
 
@@ -46,7 +48,8 @@ def extract(source: str | os.PathLike | Source, output: str | os.PathLike, *,
     if not isinstance(source, Source):
         source = open_source(os.fspath(source), include=include, content_column=content_column,
                              path_column=path_column, id_column=id_column)
-    return get_runner(engine)(source, os.fspath(output), config, on_progress=on_progress)
+    return get_runner(engine)(source, os.fspath(output), config, on_progress=on_progress,
+                              **(engine_options or {}))
 
 
 def info(output: str | os.PathLike) -> dict[str, Any]:

@@ -78,7 +78,8 @@ class EmbedConfig:
     Args:
         model: registry name of the embedder (or "onnx:PATH").
         dtype: "float32" or "float16" for the stored vector.
-        hasher: name of the binary-code function; "rproj" is a seeded random orthogonal projection.
+        hasher: "rproj" (a seeded random orthogonal projection) or the path of a learned
+            hash file written by `imgfeat train-hash`.
         code_bits: bits of the binary code (a multiple of 8).
         seed: seed of the projection.
         batch_size: crops per embedder call.

@@ -91,7 +91,7 @@ class Features:
         self.embedder = create_embedder(config.embed.model, **kwargs)
         self.hasher = create_hasher(config.embed.hasher, self.embedder.dim, config.embed.code_bits,
                                     config.embed.seed)
-        self.schema = output_schema(self.embedder.dim, config.embed.code_bits // 8, config.embed.dtype)
+        self.schema = output_schema(self.embedder.dim, self.hasher.bits // 8, config.embed.dtype)
         self.models = {
             "detector": self.detector.name if self.detector else "none",
             "embedder": self.embedder.name,

@@ -56,7 +56,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"crop margin as a fraction of the box (default {d_det.margin})")
     g.add_argument("--dtype", choices=("float32", "float16"), default=d_emb.dtype, help="embedding storage type")
     g.add_argument("--code-bits", type=int, default=d_emb.code_bits, help=f"binary code length (default {d_emb.code_bits})")
+    g.add_argument("--hash", default=d_emb.hasher, metavar="HASH",
+                   help="binary code: 'rproj' (seeded random projection) or a learned hash file from "
+                        "`imgfeat train-hash` (default rproj)")
     g = p.add_argument_group("execution")
+    g.add_argument("--engine", default="local",
+                   help="local (default: pipelined, this machine), spark or ray (needs imgfeat[spark|ray])")
+    g.add_argument("--master", help="with --engine spark: the Spark master URL (default local[*] or $MASTER)")
+    g.add_argument("--address", help="with --engine ray: the Ray cluster address (default local, or $RAY_ADDRESS)")
     g.add_argument("--batch-size", type=int, default=None,
                    help=f"images per model call (default: detector {d_det.batch_size}, embedder {d_emb.batch_size})")
     g.add_argument("--workers", type=int, default=None,
@@ -79,12 +86,13 @@ def _extract(args: argparse.Namespace) -> int:
     options = dict(
         detector="none" if args.no_detect else args.detector, embedder=args.embedder,
         score_threshold=args.score_threshold, select=args.select, margin=args.margin,
-        dtype=args.dtype, code_bits=args.code_bits, batch_size=args.batch_size,
+        dtype=args.dtype, code_bits=args.code_bits, hasher=args.hash, batch_size=args.batch_size,
         workers=args.workers, threads=args.threads, device=args.device,
         shard_size=args.shard_size, limit=args.limit, overwrite=args.overwrite,
         max_error_ratio=args.max_error_ratio, max_pixels=args.max_pixels, max_side=args.max_side,
         progress=not args.no_progress,
     )
+    engine_options = {k: v for k, v in (("master", args.master), ("address", args.address)) if v}
     bar = None
     if not args.no_progress:
         from tqdm import tqdm
@@ -99,7 +107,8 @@ def _extract(args: argparse.Namespace) -> int:
     try:
         report = extract(args.source, args.output, include=args.include,
                          content_column=args.content_column, path_column=args.path_column,
-                         id_column=args.id_column, on_progress=progress if bar is not None else None, **options)
+                         id_column=args.id_column, on_progress=progress if bar is not None else None,
+                         engine=args.engine, engine_options=engine_options, **options)
     finally:
         if bar is not None:
             bar.close()

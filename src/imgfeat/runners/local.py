@@ -156,7 +156,7 @@ class _Writer(threading.Thread):
 
 
 def run_local(source: Source, output: str, config: PipelineConfig,
-              on_progress: Callable[[int, int, int], None] | None = None) -> RunReport:
+              on_progress: Callable[[int, int, int], None] | None = None, **engine_options: Any) -> RunReport:
     """Run the pipeline on this machine. See `imgfeat.extract` for the user-facing form.
 
     Args:
@@ -173,6 +173,9 @@ def run_local(source: Source, output: str, config: PipelineConfig,
         OutputError: `output` holds another run's output.
         TooManyErrors: more than `config.run.max_error_ratio` of the inputs failed.
     """
+    if engine_options:
+        from ..errors import ConfigError
+        raise ConfigError(f"the local engine takes no engine options, got {sorted(engine_options)}")
     started = time.perf_counter()
     run = config.run
     items = source.list()
