@@ -94,20 +94,19 @@ def _extract(args: argparse.Namespace) -> int:
     )
     engine_options = {k: v for k, v in (("master", args.master), ("address", args.address)) if v}
     bar = None
-    if not args.no_progress:
-        from tqdm import tqdm
-        bar = tqdm(unit="img", desc="extract", dynamic_ncols=True, file=sys.stderr)
 
     def progress(done: int, errors: int, todo: int) -> None:
-        if bar.total != todo:
-            bar.reset(total=todo)
+        nonlocal bar
+        if bar is None:  # created once the number of images to do is known
+            from tqdm import tqdm
+            bar = tqdm(total=todo, unit="img", desc="extract", dynamic_ncols=True, file=sys.stderr)
         bar.update(done)
         bar.set_postfix(errors=errors, refresh=False)
 
     try:
         report = extract(args.source, args.output, include=args.include,
                          content_column=args.content_column, path_column=args.path_column,
-                         id_column=args.id_column, on_progress=progress if bar is not None else None,
+                         id_column=args.id_column, on_progress=None if args.no_progress else progress,
                          engine=args.engine, engine_options=engine_options, **options)
     finally:
         if bar is not None:
