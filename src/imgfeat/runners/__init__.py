@@ -6,12 +6,35 @@ Engine runners (Spark, Ray) import their engines lazily.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MissingExtra
 from .local import RunReport, run_local
 
-RUNNERS: dict[str, Callable[..., RunReport]] = {"local": run_local}
+
+def run_spark(*args: Any, **kwargs: Any) -> RunReport:
+    """`runners.spark.run_spark`, imported only when called (needs imgfeat[spark])."""
+    try:
+        import pyspark  # noqa: F401
+    except ImportError as exc:
+        raise MissingExtra("pyspark", extra="spark", purpose="--engine spark") from exc
+    from .spark import run_spark as runner
+
+    return runner(*args, **kwargs)
+
+
+def run_ray(*args: Any, **kwargs: Any) -> RunReport:
+    """`runners.ray_engine.run_ray`, imported only when called (needs imgfeat[ray])."""
+    try:
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise MissingExtra("ray", extra="ray", purpose="--engine ray") from exc
+    from .ray_engine import run_ray as runner
+
+    return runner(*args, **kwargs)
+
+
+RUNNERS: dict[str, Callable[..., RunReport]] = {"local": run_local, "spark": run_spark, "ray": run_ray}
 
 
 def get_runner(name: str) -> Callable[..., RunReport]:
@@ -20,4 +43,4 @@ def get_runner(name: str) -> Callable[..., RunReport]:
     return RUNNERS[name]
 
 
-__all__ = ["RUNNERS", "RunReport", "get_runner", "run_local"]
+__all__ = ["RUNNERS", "RunReport", "get_runner", "run_local", "run_ray", "run_spark"]

@@ -1,0 +1,199 @@
+"""The Spark runner: the local runner's shards, each one a Spark task.
+
+    driver   Source.list() -> ParquetSink.plan() (skips complete shards) -> a DataFrame of
+             (shard, seq, id, uri, ref), one partition per shard
+    tasks    mapInArrow: read the bytes in the worker, decode, detect, embed (models cached per
+             Python worker), write the shard (temp name + rename), yield one summary row
+    driver   collect the summaries -> RunReport, manifest
+
+Why the tasks write the shards rather than Spark's writer: Spark's file commit protocol
+commits a whole job at once and names files part-NNNNN-<uuid>.snappy.parquet, while resume
+needs one file per planned shard, committed by itself as soon as it is done. ParquetSink's
+temp-name-and-rename gives that from any task attempt; a failed attempt leaves only a hidden
+temporary file. For DataFrames you write yourself, use `imgfeat.spark.extract(df)` and Spark's
+writers (`df.write.parquet`).
+
+The bytes are read in the workers by the Source (not `spark.read.format("binaryFile")`): ids
+come from the same listing as every other engine, Parquet sources need their row references,
+and an unreadable file (dangling link, permission) is an error row instead of a failed task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import sys
+import threading
+import warnings
+from typing import Any, Callable, Iterator
+
+from ..config import PipelineConfig
+from ..errors import ConfigError
+from ..sinks import Shard
+from ..sources import Item, Source
+from ._engine import FAULT_ENV, SUMMARY_SCHEMA, ShardTask, finish_run, plan_run, reader_of, with_threads
+from .local import RunReport
+
+ITEM_SCHEMA = "shard long, seq long, id string, uri string, ref binary"
+SUMMARY_DDL = "shard long, rows long, failed long, errors string, stage_seconds string"
+
+
+def spark_session(master: str | None = None) -> tuple[Any, bool]:
+    """The active SparkSession, or a new one; True when this call created it (and should stop it).
+
+    The master is `master`, else $MASTER, else what spark-submit set, else "local[*]".
+    For local masters the workers run this Python (PYSPARK_PYTHON defaults to sys.executable).
+
+    Raises:
+        ConfigError: a session with another master is already running in this process.
+    """
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    master = master or os.environ.get("MASTER")
+    # getActiveSession() is per thread; a running SparkContext is per process
+    running_context = SparkContext._active_spark_context
+    active = SparkSession.builder.getOrCreate() if running_context is not None else None
+    if active is not None:
+        running = active.sparkContext.master
+        if master and master != running:
+            raise ConfigError(f"a Spark session with master {running!r} is already running in this "
+                              f"process; stop it or leave out --master {master!r}")
+        return active, False
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # launched by spark-submit: it set the master
+    if not master and not submitted:
+        master = "local[*]"
+    if master and master.startswith("local"):
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName("imgfeat")
+    if master:
+        builder = builder.master(master)
+    builder = builder.config("spark.ui.showConsoleProgress", "false")
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")  # a retried task is logged by the driver anyway
+    return session, True
+
+
+@contextlib.contextmanager
+def quiet_pandas_warning() -> Iterator[None]:
+    """PySpark 4 warns about pandas >= 3 when building Arrow functions; imgfeat's go through
+    Arrow only, so the warning says nothing about this run."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas",
+                                category=FutureWarning)
+        yield
+
+
+def _rows(shard: tuple[int, list[Item]]) -> Iterator[tuple[int, int, str, str, bytes]]:
+    index, items = shard
+    for seq, item in enumerate(items):
+        yield index, seq, item.id, item.uri, pickle.dumps(item.ref)
+
+
+def _shard_function(task: ShardTask, done: Any, failed: Any) -> Callable:
+    """The mapInArrow function: the rows of a partition (one shard) in, one summary row out."""
+
+    def process(batches: Iterator[Any]) -> Iterator[Any]:
+        import pyarrow as pa
+        from pyspark import TaskContext
+
+        by_shard: dict[int, list[tuple[int, Item]]] = {}
+        for batch in batches:
+            columns = batch.to_pydict()
+            for shard, seq, id_, uri, ref in zip(columns["shard"], columns["seq"], columns["id"],
+                                                 columns["uri"], columns["ref"]):
+                by_shard.setdefault(shard, []).append((seq, Item(id_, uri, pickle.loads(ref))))
+        context = TaskContext.get()
+        local_task = ShardTask(with_threads(task.config, context.cpus() if context else 1),
+                               task.reader, task.sink,
+                               task.fault_flag if context is None or context.attemptNumber() == 0 else None)
+
+        def count(rows: int, errors: int) -> None:
+            done.add(rows)
+            failed.add(errors)
+
+        for shard, entries in sorted(by_shard.items()):
+            items = [item for _, item in sorted(entries, key=lambda e: e[0])]
+            summary = local_task(Shard(shard, items), on_batch=count)
+            yield pa.RecordBatch.from_pylist([summary], schema=SUMMARY_SCHEMA)
+
+    return process
+
+
+def run_spark(source: Source, output: str, config: PipelineConfig,
+              on_progress: Callable[[int, int, int], None] | None = None, *,
+              master: str | None = None, **engine_options: Any) -> RunReport:
+    """Run the pipeline as Spark tasks, one per output shard. Same output as `run_local`.
+
+    Args:
+        source: an opened Source (listed here, in the driver; read in the workers).
+        output: folder or URL for the shards; on a cluster, a path every executor can write
+            (HDFS, S3, a shared mount).
+        config: the whole configuration (`run.workers` is not used: Spark's cores are).
+        on_progress: called with (images done, errors so far, images to do) as shards finish.
+        master: Spark master URL ("local[2]", "yarn", "k8s://...", "spark://host:7077");
+            default $MASTER, spark-submit's, or "local[*]".
+
+    Returns:
+        RunReport of this call, as the local runner's.
+
+    Raises:
+        MissingExtra: pyspark is not installed.
+        ConfigError: unknown engine options, or a running session with another master.
+        OutputError: `output` holds another run's output.
+        TooManyErrors: more than `config.run.max_error_ratio` of the inputs failed.
+    """
+    if engine_options:
+        raise ConfigError(f"the spark engine takes master=, got {sorted(engine_options)}")
+    plan = plan_run(source, output, config)
+    todo_count = plan.report.inputs - plan.report.skipped
+    if on_progress:
+        on_progress(0, 0, todo_count)
+    if not plan.todo:
+        return finish_run(plan, [], config, "spark")
+    spark, created = spark_session(master)
+    try:
+        context = spark.sparkContext
+        task = ShardTask(config, reader_of(source), plan.sink, os.environ.get(FAULT_ENV))
+        done, failed = context.accumulator(0), context.accumulator(0)
+        shards = [(shard.index, shard.items) for shard in plan.todo]
+        # parallelize with as many slices as elements puts exactly one shard in each partition
+        rows = context.parallelize(shards, len(shards)).flatMap(_rows)
+        with quiet_pandas_warning():
+            summaries_df = (spark.createDataFrame(rows, ITEM_SCHEMA)
+                            .mapInArrow(_shard_function(task, done, failed), SUMMARY_DDL))
+        summaries = _collect_with_progress(summaries_df, done, failed, todo_count, on_progress)
+    finally:
+        if created:
+            spark.stop()
+    return finish_run(plan, summaries, config, "spark")
+
+
+def _collect_with_progress(df: Any, done: Any, failed: Any, todo: int,
+                           on_progress: Callable[[int, int, int], None] | None) -> list[dict[str, Any]]:
+    """Collect the summary rows; meanwhile report the accumulators (updated as tasks finish)."""
+    result: dict[str, Any] = {}
+
+    def collect() -> None:
+        try:
+            result["rows"] = [row.asDict() for row in df.collect()]
+        except BaseException as exc:  # re-raised in the calling thread below
+            result["error"] = exc
+
+    thread = threading.Thread(target=collect, name="imgfeat-spark-collect", daemon=True)
+    thread.start()
+    reported = 0
+    while thread.is_alive():
+        thread.join(0.5)
+        if on_progress and done.value > reported:
+            on_progress(done.value - reported, failed.value, todo)
+            reported = done.value
+    if "error" in result:
+        raise result["error"]
+    if on_progress and done.value > reported:
+        on_progress(done.value - reported, failed.value, todo)
+    return result["rows"]
+
+
+__all__ = ["run_spark", "spark_session"]
