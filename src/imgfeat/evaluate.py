@@ -1,0 +1,548 @@
+"""The near-duplicate benchmark behind `imgfeat eval neardup`.
+
+    database  the photos, plus distractors: random crops of 35-55% of each side of every photo,
+              placed to hold as little of the photo's main object as possible (distinct
+              "originals" that share colours and texture with a photo but are not a copy of it)
+    queries   each photo through every transform of augment.TRANSFORMS (resize, jpeg, crop,
+              flip, rotate, brightness, text, grayscale) and one chain of 2-3 of them
+    truth     a query's only relevant database item is the photo it came from
+
+Each method ranks the whole database for every query:
+    float         1 - cosine of the pipeline's embeddings (stages.Features: detect -> crop -> embed)
+    rproj/itq/deepbit-<bits>   Hamming distance / bits of the codes of those embeddings
+    phash/dhash/whash/ahash    Hamming distance / 64 of imagehash's 64-bit hashes of the images
+
+Learned codes are trained in folds so no query is coded by a hash that saw its photo: the
+photos are split in `folds` groups; for each, a hash is trained on random crops of the other
+photos and their augmented views (hashtrain.box_views) and codes that group's queries (and the
+whole database). Ties in distance are broken at random (seeded), so long runs of equal
+Hamming distances neither help nor hurt a method on average.
+
+Metrics (metric functions are pure and reusable):
+    top-1      share of queries whose nearest database item is their photo
+    mAP        mean average precision (one relevant item: mean of 1 / its rank)
+    precision/recall   over all (query, database) pairs within the dedup threshold
+    best F1    the best F1 over all thresholds, and that threshold (thresholds differ by method)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import ConfigError, MissingExtra, SourceError
+
+PERCEPTUAL = ("phash", "dhash", "whash", "ahash")
+CODE_METHODS = ("rproj", "itq", "deepbit")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+# imagededup's default for 64-bit perceptual hashes: max_distance_threshold=10
+PERCEPTUAL_THRESHOLD = 10 / 64
+
+
+# ---------------------------------------------------------------- metrics (pure functions)
+
+def rank_order(distances: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Database indices of each query sorted by distance, ties broken at random (seeded).
+
+    Args:
+        distances: (queries, database) smaller is closer.
+        seed: seed of the tie-breaking.
+
+    Returns:
+        (queries, database) int array of indices, nearest first.
+    """
+    distances = np.asarray(distances, dtype=np.float64)
+    tie_break = np.random.default_rng(seed).random(distances.shape)
+    return np.lexsort((tie_break, distances), axis=1)
+
+
+def average_precision(relevance_in_rank_order: np.ndarray) -> float:
+    """Average precision of one ranked list of 0/1 relevances (0.0 when nothing is relevant)."""
+    relevance = np.asarray(relevance_in_rank_order, dtype=bool)
+    if not relevance.any():
+        return 0.0
+    hits = np.cumsum(relevance)
+    positions = np.flatnonzero(relevance)
+    return float(np.mean(hits[positions] / (positions + 1)))
+
+
+def top1_accuracy(distances: np.ndarray, relevant: np.ndarray, seed: int = 0) -> float:
+    """Share of queries whose nearest item is relevant. `relevant`: (queries, database) bool."""
+    order = rank_order(distances, seed)
+    return float(np.mean(np.take_along_axis(np.asarray(relevant, bool), order[:, :1], axis=1)))
+
+
+def mean_average_precision(distances: np.ndarray, relevant: np.ndarray, seed: int = 0) -> float:
+    """Mean over queries of the average precision of the ranking by distance."""
+    order = rank_order(distances, seed)
+    ranked = np.take_along_axis(np.asarray(relevant, bool), order, axis=1)
+    return float(np.mean([average_precision(row) for row in ranked]))
+
+
+def precision_recall(distances: np.ndarray, relevant: np.ndarray, threshold: float) -> dict[str, float]:
+    """Precision and recall of calling every (query, item) pair with distance <= threshold a duplicate.
+
+    Returns:
+        precision (1.0 when no pair is called), recall, f1, and the number of pairs called.
+    """
+    predicted = np.asarray(distances) <= threshold
+    relevant = np.asarray(relevant, bool)
+    true_positives = int((predicted & relevant).sum())
+    called = int(predicted.sum())
+    precision = true_positives / called if called else 1.0
+    recall = true_positives / max(int(relevant.sum()), 1)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "pairs_called": called}
+
+
+def best_f1(distances: np.ndarray, relevant: np.ndarray) -> dict[str, float]:
+    """The threshold (one of the observed distances) with the best F1, and its precision/recall."""
+    distances = np.asarray(distances, dtype=np.float64).ravel()
+    relevant = np.asarray(relevant, bool).ravel()
+    order = np.argsort(distances, kind="stable")
+    sorted_distances, hits = distances[order], np.cumsum(relevant[order])
+    # only the last position of each run of equal distances is a real threshold
+    last = np.r_[sorted_distances[1:] != sorted_distances[:-1], True]
+    called = np.arange(1, len(distances) + 1)[last]
+    true_positives = hits[last]
+    precision = true_positives / called
+    recall = true_positives / max(int(relevant.sum()), 1)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)
+    best = int(np.argmax(f1))
+    return {"f1": float(f1[best]), "threshold": float(sorted_distances[last][best]),
+            "precision": float(precision[best]), "recall": float(recall[best])}
+
+
+def hamming_distances(query_codes: np.ndarray, database_codes: np.ndarray) -> np.ndarray:
+    """(queries, database) Hamming distances between packed uint8 codes, as a fraction of the bits."""
+    query_bits = np.unpackbits(np.asarray(query_codes, np.uint8), axis=1).astype(np.float32)
+    database_bits = np.unpackbits(np.asarray(database_codes, np.uint8), axis=1).astype(np.float32)
+    bits = query_bits.shape[1]
+    agree = query_bits @ database_bits.T + (1 - query_bits) @ (1 - database_bits).T
+    return (bits - agree) / bits
+
+
+def cosine_distances(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
+    """1 - cosine similarity of L2-normalised vectors."""
+    return 1.0 - np.asarray(queries, np.float32) @ np.asarray(database, np.float32).T
+
+
+# ---------------------------------------------------------------- the benchmark
+
+@dataclass
+class Benchmark:
+    """Database images, query images and which database item each query copies."""
+
+    database: list[np.ndarray]
+    database_names: list[str]
+    queries: list[np.ndarray]
+    query_transforms: list[str]
+    query_photo: np.ndarray  # (queries,) index of the photo (= database item) a query came from
+    photos: int
+
+    @property
+    def relevant(self) -> np.ndarray:
+        """(queries, database) bool: the ground truth."""
+        truth = np.zeros((len(self.queries), len(self.database)), dtype=bool)
+        truth[np.arange(len(self.queries)), self.query_photo] = True
+        return truth
+
+
+def load_photos(folder: str | Path, max_side: int = 1024) -> tuple[list[str], list[np.ndarray]]:
+    """Decode every image in `folder` (not recursive) as the pipeline would.
+
+    Raises:
+        SourceError: the folder is missing or holds fewer than 2 decodable images.
+    """
+    from .config import DecodeConfig
+    from .decode import decode_image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SourceError(f"photo folder not found: {folder}")
+    names, images = [], []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        decoded = decode_image(path.read_bytes(), DecodeConfig(max_side=max_side))
+        if decoded.error is None:
+            names.append(path.name)
+            images.append(decoded.image)
+    if len(images) < 2:
+        raise SourceError(f"{folder} holds {len(images)} decodable images; the benchmark needs at least 2")
+    return names, images
+
+
+def _overlap(window: tuple[int, int, int, int], box: np.ndarray) -> float:
+    """Share of `box`'s area inside `window`."""
+    left, top = max(window[0], box[0]), max(window[1], box[1])
+    right, bottom = min(window[2], box[2]), min(window[3], box[3])
+    area = max(float((box[2] - box[0]) * (box[3] - box[1])), 1e-9)
+    return max(0.0, right - left) * max(0.0, bottom - top) / area
+
+
+def distractor_windows(width: int, height: int, count: int, rng: np.random.Generator,
+                       avoid: np.ndarray | None = None, tries: int = 50) -> list[tuple[int, int, int, int]]:
+    """`count` random windows of 35-55% of each side, each chosen (of `tries` candidates) to hold
+    as little of the `avoid` box (the photo's main object) as possible, so a distractor is another
+    picture rather than a smaller copy of the same object."""
+    windows = []
+    for _ in range(count):
+        best, best_overlap = None, 2.0
+        for _ in range(tries if avoid is not None else 1):
+            fraction = rng.uniform(0.35, 0.55)
+            w, h = max(1, round(width * fraction)), max(1, round(height * fraction))
+            left, top = round((width - w) * rng.uniform()), round((height - h) * rng.uniform())
+            window = (left, top, left + w, top + h)
+            overlap = _overlap(window, avoid) if avoid is not None else 0.0
+            if overlap < best_overlap:
+                best, best_overlap = window, overlap
+            if overlap < 0.2:
+                break
+        windows.append(best)
+    return windows
+
+
+def build_benchmark(names: list[str], photos: list[np.ndarray], distractors_per_photo: int = 3,
+                    seed: int = 0, avoid_boxes: list[np.ndarray] | None = None) -> Benchmark:
+    """Database = photos + random 35-55% crops of them; queries = every transform of every photo.
+
+    Args:
+        names: the photos' names.
+        photos: RGB uint8 arrays.
+        distractors_per_photo: random crops of each photo added to the database as distinct items.
+        seed: seed of crops and transform parameters.
+        avoid_boxes: per photo, the main object's box (x1, y1, x2, y2); distractor crops keep
+            away from it (see distractor_windows). None: crops anywhere.
+    """
+    from PIL import Image
+
+    from .augment import TRANSFORMS, apply, random_view, to_array
+
+    rng = np.random.default_rng(seed)
+    database, database_names = list(photos), list(names)
+    queries, transforms, sources = [], [], []
+    for index, (name, photo) in enumerate(zip(names, photos)):
+        image = Image.fromarray(photo)
+        avoid = None if avoid_boxes is None else np.asarray(avoid_boxes[index], dtype=np.float64)
+        for k, window in enumerate(distractor_windows(image.size[0], image.size[1], distractors_per_photo,
+                                                      rng, avoid)):
+            database.append(to_array(image.crop(window)))
+            database_names.append(f"{name}#crop{k}")
+        for transform in TRANSFORMS:
+            queries.append(to_array(apply(transform, image, rng)))
+            transforms.append(transform)
+            sources.append(index)
+        queries.append(to_array(random_view(image, rng, max_transforms=3)))
+        transforms.append("combined")
+        sources.append(index)
+    return Benchmark(database, database_names, queries, transforms, np.asarray(sources), len(photos))
+
+
+# ---------------------------------------------------------------- encoders
+
+class PipelineEmbedder:
+    """Images -> (embeddings, boxes) through stages.Features, exactly as `imgfeat extract` runs it."""
+
+    def __init__(self, detector: str, embedder: str, batch_size: int = 16):
+        from .config import PipelineConfig
+        from .stages import Features
+
+        self.config = PipelineConfig.from_options(detector=detector, embedder=embedder, workers=0,
+                                                  progress=False)
+        self.features = Features(self.config)
+        self.batch_size = batch_size
+        self.dim = self.features.embedder.dim
+
+    def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        from .decode import Decoded
+        from .sources import Item
+        from .stages import DecodedItem
+
+        embeddings, boxes = [], []
+        for start in range(0, len(images), self.batch_size):
+            batch = [DecodedItem(Item(str(start + i), f"benchmark#{start + i}"),
+                                 Decoded(image, image.shape[1], image.shape[0]))
+                     for i, image in enumerate(images[start:start + self.batch_size])]
+            table = self.features(batch)
+            embeddings.append(np.stack(table.column("embedding").to_numpy(zero_copy_only=False)))
+            boxes.append(np.stack(table.column("box").to_numpy(zero_copy_only=False)))
+        return np.concatenate(embeddings).astype(np.float32), np.concatenate(boxes).astype(np.float32)
+
+    def embed_crops(self, crops: list[np.ndarray]) -> np.ndarray:
+        """Embed crops directly (no detection): the training views."""
+        return self.features.embed(crops)
+
+
+def perceptual_hashes(images: list[np.ndarray], method: str, hash_size: int = 8) -> np.ndarray:
+    """imagehash's `method` hash of each image as packed bits (n, hash_size**2 / 8).
+
+    Raises:
+        MissingExtra: imagehash is not installed.
+    """
+    try:
+        import imagehash
+    except ImportError as exc:
+        raise MissingExtra("imagehash", purpose="the perceptual-hash baselines of `imgfeat eval`") from exc
+    from PIL import Image
+
+    function = {"phash": imagehash.phash, "dhash": imagehash.dhash, "whash": imagehash.whash,
+                "ahash": imagehash.average_hash}[method]
+    bits = [function(Image.fromarray(image), hash_size=hash_size).hash.ravel() for image in images]
+    return np.packbits(np.asarray(bits, dtype=bool), axis=1)
+
+
+# ---------------------------------------------------------------- the run
+
+@dataclass
+class EvalSettings:
+    """What `imgfeat eval neardup` runs.
+
+    Args:
+        photos: folder of real photos (the originals).
+        detector: detector name, or "none" for whole images.
+        embedder: embedder name.
+        bits: code lengths to evaluate.
+        methods: binary-code methods (rproj, itq, deepbit).
+        perceptual: imagehash methods.
+        distractors_per_photo: random crops of each photo added to the database.
+        folds: photo groups for the learned codes (each group coded by a hash trained without it).
+        train_crops: random crops per training photo used as training originals.
+        views: augmented views per training original.
+        threshold: the dedup threshold as a cosine similarity, as `imgfeat dedup --threshold`
+            (default 0.9, its default); floats call pairs with cosine >= it duplicates.
+        seed: seed of everything random.
+    """
+
+    photos: str = "samples"
+    detector: str = "centernet-mbv3"
+    embedder: str = "mobilenet-v2"
+    bits: tuple[int, ...] = (64, 128, 256)
+    methods: tuple[str, ...] = CODE_METHODS
+    perceptual: tuple[str, ...] = PERCEPTUAL
+    distractors_per_photo: int = 3
+    folds: int = 2
+    train_crops: int = 24
+    views: int = 4
+    threshold: float = 0.9
+    seed: int = 0
+    deepbit_epochs: int = 200
+
+    def __post_init__(self) -> None:
+        unknown = set(self.methods) - set(CODE_METHODS)
+        if unknown:
+            raise ConfigError(f"unknown code methods {sorted(unknown)}; valid: {', '.join(CODE_METHODS)}")
+        unknown = set(self.perceptual) - set(PERCEPTUAL)
+        if unknown:
+            raise ConfigError(f"unknown perceptual hashes {sorted(unknown)}; valid: {', '.join(PERCEPTUAL)}")
+        if any(b <= 0 or b % 8 for b in self.bits):
+            raise ConfigError(f"bits must be positive multiples of 8, got {list(self.bits)}")
+        if self.folds < 2:
+            raise ConfigError("folds must be >= 2 so every photo is held out of one hash's training")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ConfigError(f"threshold is a cosine similarity in (0, 1], got {self.threshold}")
+
+    @property
+    def code_threshold(self) -> float:
+        """The Hamming fraction matching the float threshold: for sign codes of random planes the
+        expected fraction of differing bits is angle / pi."""
+        return math.acos(self.threshold) / math.pi
+
+
+def _score(distances: np.ndarray, benchmark: Benchmark, threshold: float, seed: int) -> dict[str, Any]:
+    relevant = benchmark.relevant
+    order = rank_order(distances, seed)
+    first = np.take_along_axis(relevant, order[:, :1], axis=1)[:, 0]
+    transforms = np.asarray(benchmark.query_transforms)
+    return {
+        "top1": float(first.mean()),
+        "map": mean_average_precision(distances, relevant, seed),
+        "threshold": threshold,
+        **{f"at_threshold_{k}": v for k, v in precision_recall(distances, relevant, threshold).items()},
+        "best_f1": best_f1(distances, relevant),
+        "top1_by_transform": {t: float(first[transforms == t].mean()) for t in dict.fromkeys(transforms)},
+    }
+
+
+def _training_set(photos: list[np.ndarray], encoder: PipelineEmbedder, crops_per_photo: int, views: int,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Training originals (each photo and random 40-100% crops of it) embedded through the
+    pipeline, and `views` augmented views of each one's main-object crop."""
+    from PIL import Image
+
+    from .augment import crop_fraction, to_array
+    from .hashtrain import box_views
+
+    originals = []
+    for photo in photos:
+        image = Image.fromarray(photo)
+        originals.append(photo)
+        for _ in range(crops_per_photo - 1):
+            originals.append(to_array(crop_fraction(image, rng.uniform(0.4, 1.0), rng.uniform(), rng.uniform())))
+    embeddings, boxes = encoder(originals)
+    view_vectors = np.zeros((len(originals), views, encoder.dim), np.float32)
+    if views:
+        for i, (image, box) in enumerate(zip(originals, boxes)):
+            view_vectors[i] = encoder.embed_crops(box_views(image, box, views, rng))
+    return embeddings, view_vectors
+
+
+def run_neardup(settings: EvalSettings, log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
+    """Build the benchmark, encode it with every method, and score them side by side.
+
+    Args:
+        settings: what to run.
+        log: receives progress lines.
+
+    Returns:
+        A JSON-ready dict: settings, counts, seconds, and per method its scores
+        (top1, map, precision/recall at the threshold, best F1, top-1 by transform), and the
+        issue's targets with whether each is met.
+
+    Raises:
+        SourceError, ConfigError, MissingExtra.
+    """
+    from .config import DetectConfig
+    from .hashtrain import DeepBitSettings, fit_hasher
+    from .models.hashing import RandomProjectionHasher
+    from .models.learned_hash import LinearHasher
+
+    started = time.perf_counter()
+    names, photos = load_photos(settings.photos)
+    if settings.folds > len(photos):
+        raise ConfigError(f"folds ({settings.folds}) must not exceed the number of photos ({len(photos)})")
+    encoder = PipelineEmbedder(settings.detector, settings.embedder)
+    # distractors avoid each photo's main object, found by the eval's detector (the default one
+    # when detection is off, so both variants get the same benchmark)
+    locator = encoder if settings.detector != "none" else PipelineEmbedder(DetectConfig().model, settings.embedder)
+    _, photo_boxes = locator(photos)
+    benchmark = build_benchmark(names, photos, settings.distractors_per_photo, settings.seed, list(photo_boxes))
+    log(f"benchmark: {len(photos)} photos, {len(benchmark.database)} database items, "
+        f"{len(benchmark.queries)} queries")
+    seconds: dict[str, float] = {}
+
+    t = time.perf_counter()
+    database_vectors, _ = encoder(benchmark.database)
+    query_vectors, _ = encoder(benchmark.queries)
+    seconds["embed_benchmark"] = time.perf_counter() - t
+    results: dict[str, dict[str, Any]] = {}
+    code_threshold = settings.code_threshold
+    results["float"] = {"bits": 32 * encoder.dim, **_score(
+        cosine_distances(query_vectors, database_vectors), benchmark, 1.0 - settings.threshold, settings.seed)}
+
+    t = time.perf_counter()
+    for method in settings.perceptual:
+        distances = hamming_distances(perceptual_hashes(benchmark.queries, method),
+                                      perceptual_hashes(benchmark.database, method))
+        results[method] = {"bits": 64, **_score(distances, benchmark, PERCEPTUAL_THRESHOLD, settings.seed)}
+    seconds["perceptual_hashes"] = time.perf_counter() - t
+
+    if "rproj" in settings.methods:
+        for bits in settings.bits:
+            hasher = RandomProjectionHasher(encoder.dim, bits, settings.seed)
+            distances = hamming_distances(hasher(query_vectors), hasher(database_vectors))
+            results[f"rproj-{bits}"] = {"bits": bits, **_score(distances, benchmark, code_threshold, settings.seed)}
+
+    learned = [m for m in settings.methods if m != "rproj"]
+    skipped: dict[str, str] = {}
+    if learned:
+        rng = np.random.default_rng(settings.seed + 1)
+        fold_of_photo = rng.permutation(len(photos)) % settings.folds
+        distances_by_key: dict[str, np.ndarray] = {}
+        for fold in range(settings.folds):
+            train_photos = [p for p, f in zip(photos, fold_of_photo) if f != fold]
+            t = time.perf_counter()
+            train_vectors, train_views = _training_set(train_photos, encoder, settings.train_crops,
+                                                       settings.views, rng)
+            seconds["embed_training"] = seconds.get("embed_training", 0.0) + time.perf_counter() - t
+            log(f"fold {fold + 1}/{settings.folds}: training on {len(train_photos)} photos, "
+                f"{len(train_vectors)} crops x {settings.views} views")
+            query_rows = np.flatnonzero(fold_of_photo[benchmark.query_photo] == fold)
+            t = time.perf_counter()
+            for method in learned:
+                for bits in settings.bits:
+                    key = f"{method}-{bits}"
+                    try:
+                        weight, bias, _ = fit_hasher(method, train_vectors, train_views, bits, settings.seed,
+                                                     DeepBitSettings(epochs=settings.deepbit_epochs))
+                    except ConfigError as exc:  # e.g. ITQ with bits > dim: report, run the rest
+                        skipped[key] = str(exc)
+                        continue
+                    hasher = LinearHasher(weight, bias, method)
+                    fold_distances = hamming_distances(hasher(query_vectors[query_rows]),
+                                                       hasher(database_vectors))
+                    distances_by_key.setdefault(key, np.zeros((len(benchmark.queries), len(benchmark.database)),
+                                                              np.float32))[query_rows] = fold_distances
+            seconds["train_hashes"] = seconds.get("train_hashes", 0.0) + time.perf_counter() - t
+        for key, distances in distances_by_key.items():
+            if key not in skipped:
+                results[key] = {"bits": int(key.rsplit("-", 1)[1]),
+                                **_score(distances, benchmark, code_threshold, settings.seed)}
+    seconds["total"] = time.perf_counter() - started
+    return {
+        "benchmark": "neardup",
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.__dict__.items()},
+        "models": dict(encoder.features.models),
+        "counts": {"photos": len(photos), "database": len(benchmark.database),
+                   "distractors": len(benchmark.database) - len(photos), "queries": len(benchmark.queries),
+                   "transforms": list(dict.fromkeys(benchmark.query_transforms))},
+        "thresholds": {"float_cosine_distance": 1.0 - settings.threshold, "code_hamming_fraction": code_threshold,
+                       "perceptual_hamming_fraction": PERCEPTUAL_THRESHOLD},
+        "results": results,
+        "skipped": skipped,
+        "targets": check_targets(results),
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+    }
+
+
+def check_targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's quality targets, each with the numbers compared and whether it is met."""
+    targets: list[dict[str, Any]] = []
+    perceptual = {k: v for k, v in results.items() if k in PERCEPTUAL}
+    floats = results.get("float")
+    if floats and perceptual:
+        for metric in ("top1", "map"):
+            best = max(perceptual, key=lambda k: perceptual[k][metric])
+            targets.append({"target": f"float beats the best perceptual hash on {metric}",
+                            "value": floats[metric], "versus": f"{best} {perceptual[best][metric]:.3f}",
+                            "met": floats[metric] > perceptual[best][metric]})
+    if floats:
+        for key, result in results.items():
+            if key.endswith("-256") and not key.startswith("rproj"):
+                gap = floats["map"] - result["map"]
+                targets.append({"target": f"{key} mAP within 3 points of float",
+                                "value": result["map"], "versus": f"float {floats['map']:.3f} (gap {100 * gap:.1f} points)",
+                                "met": gap <= 0.03})
+    if perceptual:
+        best_top1 = max(v["top1"] for v in perceptual.values())
+        best_map = max(v["map"] for v in perceptual.values())
+        for key, result in results.items():
+            if key.endswith("-64") and key.split("-")[0] in CODE_METHODS:
+                targets.append({"target": f"{key} beats every 64-bit perceptual hash (top-1 and mAP)",
+                                "value": f"top1 {result['top1']:.3f}, mAP {result['map']:.3f}",
+                                "versus": f"best perceptual top1 {best_top1:.3f}, mAP {best_map:.3f}",
+                                "met": result["top1"] > best_top1 and result["map"] > best_map})
+    return targets
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The results as a fixed-width text table, then the targets."""
+    header = f"{'method':<14}{'bits':>6}{'top-1':>8}{'mAP':>8}{'thr':>7}{'prec':>7}{'recall':>8}{'bestF1':>8}{'@thr':>7}"
+    lines = [header, "-" * len(header)]
+    for name, result in report["results"].items():
+        lines.append(
+            f"{name:<14}{result['bits']:>6}{result['top1']:>8.3f}{result['map']:>8.3f}"
+            f"{result['threshold']:>7.3f}{result['at_threshold_precision']:>7.3f}"
+            f"{result['at_threshold_recall']:>8.3f}{result['best_f1']['f1']:>8.3f}{result['best_f1']['threshold']:>7.3f}")
+    for key, why in report.get("skipped", {}).items():
+        lines.append(f"{key:<14} skipped: {why}")
+    lines.append("")
+    for target in report.get("targets", []):
+        value = target["value"] if isinstance(target["value"], str) else f"{target['value']:.3f}"
+        lines.append(f"[{'met' if target['met'] else 'NOT met'}] {target['target']}: {value} vs {target['versus']}")
+    return "\n".join(lines)
