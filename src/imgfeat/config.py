@@ -116,6 +116,8 @@ class RunConfig:
         shard_size: images per output Parquet file (the unit of resume).
         limit: process only the first N inputs (after sorting), 0 for all.
         device: "cpu" or "cuda".
+        runtime: "auto" (the fastest installed: OpenVINO on CPU when importable, else
+            onnxruntime; onnxruntime's CUDA provider on "cuda"), "onnxruntime" or "openvino".
         threads: inference threads; 0 lets the runtime decide.
         overwrite: delete an existing output first.
         max_error_ratio: fail the run when more than this share of images fail (1.0 never fails).
@@ -126,6 +128,7 @@ class RunConfig:
     shard_size: int = 1000
     limit: int = 0
     device: str = "cpu"
+    runtime: str = "auto"
     threads: int = 0
     overwrite: bool = False
     max_error_ratio: float = 1.0
@@ -140,6 +143,11 @@ class RunConfig:
             raise ConfigError(f"limit must be >= 0, got {self.limit}")
         if self.device not in ("cpu", "cuda"):
             raise ConfigError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.runtime not in ("auto", "onnxruntime", "openvino"):
+            raise ConfigError(f"runtime must be 'auto', 'onnxruntime' or 'openvino', got {self.runtime!r}")
+        if self.device == "cuda" and self.runtime == "openvino":
+            raise ConfigError("device 'cuda' runs on onnxruntime's CUDA provider: use runtime "
+                              "'auto' or 'onnxruntime' with it")
         if not 0.0 <= self.max_error_ratio <= 1.0:
             raise ConfigError(f"max_error_ratio must be in [0, 1], got {self.max_error_ratio}")
 

@@ -86,7 +86,7 @@ class Features:
 
     def __init__(self, config: PipelineConfig):
         self.config = config
-        kwargs = {"device": config.run.device, "threads": config.run.threads}
+        kwargs = {"device": config.run.device, "threads": config.run.threads, "runtime": config.run.runtime}
         self.detector = create_detector(config.detect.model, **kwargs) if config.detect.enabled else None
         self.embedder = create_embedder(config.embed.model, **kwargs)
         self.hasher = create_hasher(config.embed.hasher, self.embedder.dim, config.embed.code_bits,
@@ -100,6 +100,7 @@ class Features:
         self.digests = {
             "detector": getattr(self.detector, "digest", None),
             "embedder": getattr(self.embedder, "digest", None),
+            "runtime": getattr(self.embedder, "runtime", None),  # what ran the models, for the manifest
         }
         self.timer = StageTimer()
 

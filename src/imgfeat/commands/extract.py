@@ -70,6 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"decode processes (default {default_workers()} here; 0 = in the main process)")
     g.add_argument("--threads", type=int, default=0, help="inference threads (default: all cores)")
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="inference device")
+    g.add_argument("--runtime", choices=("auto", "onnxruntime", "openvino"), default="auto",
+                   help="inference runtime (default auto: OpenVINO on CPU when installed, else onnxruntime)")
     g.add_argument("--shard-size", type=int, default=d_run.shard_size,
                    help=f"images per output file, the unit of resume (default {d_run.shard_size})")
     g.add_argument("--max-error-ratio", type=float, default=1.0,
@@ -87,7 +89,7 @@ def _extract(args: argparse.Namespace) -> int:
         detector="none" if args.no_detect else args.detector, embedder=args.embedder,
         score_threshold=args.score_threshold, select=args.select, margin=args.margin,
         dtype=args.dtype, code_bits=args.code_bits, hasher=args.hash, batch_size=args.batch_size,
-        workers=args.workers, threads=args.threads, device=args.device,
+        workers=args.workers, threads=args.threads, device=args.device, runtime=args.runtime,
         shard_size=args.shard_size, limit=args.limit, overwrite=args.overwrite,
         max_error_ratio=args.max_error_ratio, max_pixels=args.max_pixels, max_side=args.max_side,
         progress=not args.no_progress,

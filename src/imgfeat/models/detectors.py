@@ -2,7 +2,9 @@
 
 Boxes come back in the pixels of the image that was passed in; the caller scales them to
 the original resolution. Every detector has `name`, `labels` (class index -> name),
-`digest` (fingerprint of its weights) and `__call__(images) -> list[np.ndarray (n, 6)]`.
+`digest` (fingerprint of its weights) and `__call__(images) -> list[np.ndarray (n, 6)]`;
+ONNX-backed ones also take `runtime` ("auto", "onnxruntime", "openvino", see runtimes.py)
+and say in `.runtime` what ran them.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 from ..errors import ModelUnavailable
 from .preprocess import InputSpec, letterbox, to_tensor
 from .registry import register_detector
-from .runtimes import OnnxModel
+from .runtimes import create_runtime
 
 EMPTY = np.zeros((0, 6), dtype=np.float32)
 
@@ -40,7 +42,8 @@ class CenterNetDetector:
 
     name = "centernet-mbv3"
 
-    def __init__(self, device: str = "cpu", threads: int = 0, max_detections: int = 100):
+    def __init__(self, device: str = "cpu", threads: int = 0, max_detections: int = 100,
+                 runtime: str = "auto"):
         from . import centernet
 
         self._centernet = centernet
@@ -48,9 +51,10 @@ class CenterNetDetector:
         if not path.exists():
             raise ModelUnavailable(f"the bundled detector is missing at {path}; reinstall imgfeat "
                                    "or rebuild it with scripts/convert_centernet.sh")
-        self.model = OnnxModel(path, device=device, threads=threads)
+        self.model = create_runtime(path, runtime=runtime, device=device, threads=threads)
         self.labels = tuple(centernet.COCO_LABELS)
         self.digest = self.model.digest
+        self.runtime = self.model.describe()
         size = centernet.INPUT_SIZE
         self.spec = InputSpec(size=(size, size), layout="NHWC", scale=1.0, mean=None, std=None)
         self.max_detections = max_detections
@@ -79,12 +83,13 @@ class OnnxDetector:
     """
 
     def __init__(self, path: str, device: str = "cpu", threads: int = 0, labels: tuple[str, ...] = (),
-                 scale: float = 1.0, mean=None, std=None):
+                 scale: float = 1.0, mean=None, std=None, runtime: str = "auto"):
         if not Path(path).exists():
             raise ModelUnavailable(f"detector model not found: {path}")
-        self.model = OnnxModel(path, device=device, threads=threads)
+        self.model = create_runtime(path, runtime=runtime, device=device, threads=threads)
         self.name = f"onnx:{Path(path).name}"
         self.digest = self.model.digest
+        self.runtime = self.model.describe()
         shape = self.model.input_shape
         nhwc = len(shape) == 4 and shape[3] == 3
         hw = shape[1:3] if nhwc else shape[2:4]

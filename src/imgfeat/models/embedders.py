@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import MissingExtra, ModelUnavailable
 from .preprocess import InputSpec, l2_normalize, to_tensor
 from .registry import register_embedder
-from .runtimes import OnnxModel
+from .runtimes import create_runtime
 
 MOBILENET_V2_ONNX = "mobilenet_v2-b0353104.onnx"
 
@@ -34,15 +34,18 @@ class OnnxEmbedder:
         path: the .onnx file.
         spec: preprocessing; by default ImageNet mean/std at the model's static input size
             (224 when the size is dynamic).
+        device, threads: where and on how many threads inference runs.
+        runtime: "auto", "onnxruntime" or "openvino" (models/runtimes.py).
     """
 
     def __init__(self, path: str | os.PathLike, name: str | None = None, spec: InputSpec | None = None,
-                 device: str = "cpu", threads: int = 0):
+                 device: str = "cpu", threads: int = 0, runtime: str = "auto"):
         if not Path(path).exists():
             raise ModelUnavailable(f"embedder model not found: {path}")
-        self.model = OnnxModel(path, device=device, threads=threads)
+        self.model = create_runtime(path, runtime=runtime, device=device, threads=threads)
         self.name = name or f"onnx:{Path(path).name}"
         self.digest = self.model.digest
+        self.runtime = self.model.describe()
         if spec is None:
             shape = self.model.input_shape
             nhwc = len(shape) == 4 and shape[3] == 3
@@ -50,7 +53,7 @@ class OnnxEmbedder:
             size = tuple(int(s) if isinstance(s, int) and s > 0 else 224 for s in hw)
             spec = InputSpec(size=size, layout="NHWC" if nhwc else "NCHW")
         self.spec = spec
-        out_shape = self.model.outputs[0].shape
+        out_shape = self.model.output_shape
         self.dim = int(out_shape[-1]) if isinstance(out_shape[-1], int) else self._probe_dim()
 
     def _probe_dim(self) -> int:
@@ -95,7 +98,7 @@ def prepare_mobilenet_v2(force: bool = False) -> Path:
 
 
 @register_embedder("mobilenet-v2")
-def _mobilenet_v2(device: str = "cpu", threads: int = 0) -> OnnxEmbedder:
+def _mobilenet_v2(device: str = "cpu", threads: int = 0, runtime: str = "auto") -> OnnxEmbedder:
     path = prepare_mobilenet_v2()
     return OnnxEmbedder(path, name="mobilenet-v2", spec=InputSpec(size=(224, 224)),
-                        device=device, threads=threads)
+                        device=device, threads=threads, runtime=runtime)

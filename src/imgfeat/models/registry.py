@@ -56,7 +56,7 @@ def _unknown(kind: str, name: str, known: list[str]) -> UnknownModel:
 
 
 def create_detector(name: str, **kwargs: Any) -> Any:
-    """Build a detector by registry name (or "onnx:PATH"). kwargs: device, threads."""
+    """Build a detector by registry name (or "onnx:PATH"). kwargs: device, threads, runtime."""
     _populate()
     if name.startswith("onnx:"):
         from .detectors import OnnxDetector
@@ -74,6 +74,7 @@ def create_embedder(name: str, **kwargs: Any) -> Any:
         return OnnxEmbedder(name[len("onnx:"):], name=name, **kwargs)
     if name.startswith(("torchvision:", "timm:")):
         from .torch_hub import TorchHubEmbedder
+        kwargs.pop("runtime", None)  # torch runs these; the ONNX runtime choice does not apply
         return TorchHubEmbedder(name, **kwargs)
     if name not in _EMBEDDERS:
         raise _unknown("embedder", name, list_embedders())

@@ -1,14 +1,26 @@
-"""Inference runtimes. onnxruntime on CPU is the default; `device="cuda"` asks for its CUDA provider."""
+"""Inference runtimes: one ONNX file, run by onnxruntime or by OpenVINO.
+
+    create_runtime(path, runtime="auto", device="cpu", threads=0) -> OnnxModel | OpenVinoModel
+    resolve_runtime("auto", "cpu") -> "openvino" when it is importable, else "onnxruntime"
+
+Both wrappers have the same small interface: `input_name`, `input_shape`, `output_names`,
+`fixed_batch`, `digest`, `describe()` and `run(batch, output_names) -> list[np.ndarray]`.
+`device="cuda"` always means onnxruntime's CUDA provider (`pip install 'imgfeat[gpu]'`).
+OpenVINO reads the ONNX file directly; nothing is converted on disk.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from ..errors import ConfigError, MissingExtra
+
+RUNTIME_CHOICES = ("auto", "onnxruntime", "openvino")
 
 
 def file_digest(path: str | os.PathLike, length: int = 16) -> str:
@@ -20,6 +32,40 @@ def file_digest(path: str | os.PathLike, length: int = 16) -> str:
     return digest.hexdigest()[:length]
 
 
+def openvino_available() -> bool:
+    """True when `import openvino` works (the `imgfeat[openvino]` extra)."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_runtime(runtime: str, device: str = "cpu") -> str:
+    """The concrete runtime for a `--runtime` choice on a device.
+
+    "auto" is the fastest available: OpenVINO on CPU when it is installed (measured 1.3-2x
+    onnxruntime on the default models, docs/benchmarks.md), otherwise onnxruntime; on
+    "cuda" it is always onnxruntime (CUDA execution provider).
+
+    Raises:
+        ConfigError: an unknown runtime, or openvino asked for with device "cuda".
+        MissingExtra: openvino asked for explicitly but not installed.
+    """
+    if runtime not in RUNTIME_CHOICES:
+        raise ConfigError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIME_CHOICES)}")
+    if device == "cuda":
+        if runtime == "openvino":
+            raise ConfigError("--device cuda runs on onnxruntime's CUDA provider; use --runtime "
+                              "onnxruntime (or auto) with it, or --device cpu for OpenVINO")
+        return "onnxruntime"
+    if runtime == "auto":
+        return "openvino" if openvino_available() else "onnxruntime"
+    if runtime == "openvino" and not openvino_available():
+        raise MissingExtra("openvino", extra="openvino", purpose="--runtime openvino")
+    return runtime
+
+
 class OnnxModel:
     """An onnxruntime session with the options imgfeat wants.
 
@@ -29,12 +75,15 @@ class OnnxModel:
         threads: intra-op threads; 0 lets onnxruntime use every core.
     """
 
+    runtime = "onnxruntime"
+
     def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int = 0):
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - a core dependency
             raise MissingExtra("onnxruntime", purpose="running ONNX models") from exc
         self.path = Path(path)
+        self.device = device
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -54,6 +103,7 @@ class OnnxModel:
         self.inputs = self.session.get_inputs()
         self.outputs = self.session.get_outputs()
         self.digest = file_digest(self.path)
+        self._version = ort.__version__
 
     @property
     def input_name(self) -> str:
@@ -64,10 +114,23 @@ class OnnxModel:
         return list(self.inputs[0].shape)
 
     @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.outputs]
+
+    @property
+    def output_shape(self) -> list:
+        """Shape of the first output; dynamic axes are strings or None."""
+        return list(self.outputs[0].shape)
+
+    @property
     def fixed_batch(self) -> int | None:
         """The batch size the graph insists on, or None when the batch axis is dynamic."""
         first = self.input_shape[0] if self.input_shape else None
         return first if isinstance(first, int) and first > 0 else None
+
+    def describe(self) -> str:
+        """What ran the model, for the manifest: e.g. "onnxruntime 1.22.0 CPUExecutionProvider"."""
+        return f"onnxruntime {self._version} {self.session.get_providers()[0]}"
 
     def run(self, batch: np.ndarray, output_names: list[str] | None = None) -> list[np.ndarray]:
         """Run one batch; splits it when the graph has a fixed batch size."""
@@ -77,3 +140,114 @@ class OnnxModel:
         parts = [self.session.run(output_names, {self.input_name: batch[i:i + fixed]})
                  for i in range(0, batch.shape[0], fixed)]
         return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+class OpenVinoModel:
+    """An ONNX file compiled by OpenVINO for the CPU, with a dynamic batch axis.
+
+    Args:
+        path: the .onnx file (read directly, no conversion step).
+        device: "cpu" only (the GPU path is onnxruntime's CUDA provider).
+        threads: inference threads; 0 lets OpenVINO use every core.
+        hint: "LATENCY" (one stream using every thread: best when, as in imgfeat's runners,
+            one batch is in flight at a time) or "THROUGHPUT" (several streams, for many
+            concurrent requests).
+        streams: number of streams; 0 lets the hint decide.
+        precision: inference precision hint ("f32", "bf16", "f16"); None keeps OpenVINO's
+            default for the CPU (bf16 where the CPU has AVX-512-BF16/AMX, f32 otherwise).
+
+    Raises:
+        MissingExtra: openvino is not installed (`pip install 'imgfeat[openvino]'`).
+        ConfigError: a device other than "cpu", or an unknown hint.
+    """
+
+    runtime = "openvino"
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int = 0,
+                 hint: str = "LATENCY", streams: int = 0, precision: str | None = None):
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise MissingExtra("openvino", extra="openvino", purpose="--runtime openvino") from exc
+        if device != "cpu":
+            raise ConfigError(f"the OpenVINO runtime runs on 'cpu' here, got device {device!r}; "
+                              "use --runtime onnxruntime with --device cuda")
+        if hint not in ("LATENCY", "THROUGHPUT"):
+            raise ConfigError(f"OpenVINO hint must be 'LATENCY' or 'THROUGHPUT', got {hint!r}")
+        self.path = Path(path)
+        self.device = device
+        core = ov.Core()
+        model = core.read_model(str(self.path))
+        shapes = {}
+        for port in model.inputs:
+            shape = port.get_partial_shape()
+            if shape.rank.is_static and shape.rank.get_length() >= 1 and shape[0].is_static:
+                shape[0] = ov.Dimension()  # a dynamic batch, whatever the export fixed
+                shapes[port.get_any_name()] = shape
+        if shapes:
+            model.reshape(shapes)
+        properties: dict[str, object] = {"PERFORMANCE_HINT": hint}
+        if threads:
+            properties["INFERENCE_NUM_THREADS"] = int(threads)
+        if streams:
+            properties["NUM_STREAMS"] = int(streams)
+        if precision:
+            properties["INFERENCE_PRECISION_HINT"] = precision
+        self.compiled = core.compile_model(model, "CPU", properties)
+        self.request = self.compiled.create_infer_request()
+        self._input_names = [p.get_any_name() for p in self.compiled.inputs]
+        self._outputs = {p.get_any_name(): p for p in self.compiled.outputs}
+        self._input_shape = [d.get_length() if d.is_static else None
+                             for d in self.compiled.inputs[0].get_partial_shape()]
+        self._output_shape = [d.get_length() if d.is_static else None
+                              for d in self.compiled.outputs[0].get_partial_shape()]
+        self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        self.digest = file_digest(self.path)
+        self._version = ov.get_version().split("-")[0]
+
+    @property
+    def input_name(self) -> str:
+        return self._input_names[0]
+
+    @property
+    def input_shape(self) -> list:
+        return list(self._input_shape)
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._outputs)
+
+    @property
+    def output_shape(self) -> list:
+        """Shape of the first output; dynamic axes are None."""
+        return list(self._output_shape)
+
+    @property
+    def fixed_batch(self) -> int | None:
+        return None  # reshaped to a dynamic batch in __init__
+
+    def describe(self) -> str:
+        """What ran the model, for the manifest: e.g. "openvino 2025.1.0 CPU f32"."""
+        return f"openvino {self._version} CPU {self.precision}"
+
+    def run(self, batch: np.ndarray, output_names: list[str] | None = None) -> list[np.ndarray]:
+        """Run one batch (any size); outputs are copies, safe to keep across calls."""
+        results = self.request.infer({self.input_name: np.ascontiguousarray(batch)})
+        names = output_names or self.output_names
+        return [np.array(results[self._outputs[name]], copy=True) for name in names]
+
+
+RUNTIMES: dict[str, Callable[..., OnnxModel | OpenVinoModel]] = {
+    "onnxruntime": OnnxModel,
+    "openvino": OpenVinoModel,
+}
+
+
+def create_runtime(path: str | os.PathLike, runtime: str = "auto", device: str = "cpu",
+                   threads: int = 0) -> OnnxModel | OpenVinoModel:
+    """Load an ONNX file with the chosen runtime ("auto", "onnxruntime", "openvino").
+
+    Raises:
+        ConfigError, MissingExtra: see `resolve_runtime`.
+    """
+    return RUNTIMES[resolve_runtime(runtime, device)](path, device=device, threads=threads)

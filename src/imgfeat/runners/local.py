@@ -181,7 +181,9 @@ def run_local(source: Source, output: str, config: PipelineConfig,
     items = source.list()
     if run.limit:
         items = items[:run.limit]
+    loading = time.perf_counter()
     features = Features(config)
+    features.timer.add("load", time.perf_counter() - loading)  # model load/compile, once per run
     sink = ParquetSink(output, overwrite=run.overwrite)
     settings = {
         "imgfeat_version": __version__,

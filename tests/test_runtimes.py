@@ -1,0 +1,134 @@
+"""Runtimes: selection, the OpenVINO wrapper, and the accuracy gate against onnxruntime float32."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import imgfeat
+from imgfeat.config import PipelineConfig, RunConfig
+from imgfeat.errors import ConfigError
+from imgfeat.models import centernet, create_detector, create_embedder
+from imgfeat.models.runtimes import (
+    OnnxModel, create_runtime, openvino_available, resolve_runtime,
+)
+
+from conftest import SAMPLES
+
+DETECTOR_ONNX = Path(centernet.__file__).parent / "weights" / centernet.WEIGHTS_FILE
+needs_openvino = pytest.mark.skipif(not openvino_available(), reason="openvino not installed")
+
+
+def test_resolve_runtime_choices():
+    assert resolve_runtime("onnxruntime") == "onnxruntime"
+    assert resolve_runtime("auto") == ("openvino" if openvino_available() else "onnxruntime")
+    assert resolve_runtime("auto", "cuda") == "onnxruntime"
+    with pytest.raises(ConfigError, match="unknown runtime"):
+        resolve_runtime("tensorrt")
+    with pytest.raises(ConfigError, match="CUDA"):
+        resolve_runtime("openvino", "cuda")
+
+
+def test_run_config_validates_runtime():
+    assert RunConfig().runtime == "auto"
+    assert PipelineConfig.from_options(runtime="onnxruntime").run.runtime == "onnxruntime"
+    with pytest.raises(ConfigError, match="runtime must be"):
+        RunConfig(runtime="tvm")
+    with pytest.raises(ConfigError, match="cuda"):
+        RunConfig(device="cuda", runtime="openvino")
+
+
+def test_cli_has_runtime_flag(capsys):
+    from imgfeat.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["extract", "--help"])
+    assert "--runtime" in capsys.readouterr().out
+
+
+@needs_openvino
+def test_openvino_dynamic_batch_matches_onnxruntime_on_raw_tensors():
+    rng = np.random.default_rng(0)
+    batch = rng.uniform(0, 255, (3, 512, 512, 3)).astype(np.float32)
+    reference = OnnxModel(DETECTOR_ONNX, threads=1)
+    model = create_runtime(DETECTOR_ONNX, runtime="openvino", threads=1)
+    assert model.fixed_batch is None and model.describe().startswith("openvino")
+    names = list(centernet.OUTPUT_NAMES)
+    for size in (1, 3):  # two batch sizes through one compiled model
+        expected = reference.run(batch[:size], names)
+        got = model.run(batch[:size], names)
+        assert [g.shape for g in got] == [e.shape for e in expected]
+        np.testing.assert_allclose(got[0], expected[0], atol=2e-2)
+    first = model.run(batch[:1], names)[0]
+    model.run(batch[1:2], names)
+    assert not np.array_equal(first, model.run(batch[1:2], names)[0])  # outputs are copies
+
+
+@needs_openvino
+def test_manifest_records_the_runtime(tmp_path, blob_folder):
+    # the tiny test-* models have no runtime: the real embedder, no detector, two images
+    out = tmp_path / "out"
+    imgfeat.extract(blob_folder, out, detector="none", runtime="openvino", workers=0,
+                    progress=False, limit=2)
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["model_digests"]["runtime"].startswith("openvino")
+    assert manifest["config"]["run"]["runtime"] == "openvino"
+
+
+def _photos() -> list[np.ndarray]:
+    paths = sorted(p for p in SAMPLES.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    images = []
+    for path in paths:
+        with Image.open(path) as image:
+            image.thumbnail((1024, 1024))
+            images.append(np.asarray(image.convert("RGB")))
+    return images
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
+    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+@pytest.mark.slow
+@needs_openvino
+def test_openvino_accuracy_gate_on_real_photos():
+    """The faster path keeps embeddings (cosine >= 0.99) and the main detection (same label,
+    IoU >= 0.9) of the onnxruntime float32 reference on every sample photo."""
+    images = _photos()
+    assert len(images) >= 10
+    results = {}
+    for runtime in ("onnxruntime", "openvino"):
+        detector = create_detector("centernet-mbv3", runtime=runtime)
+        embedder = create_embedder("mobilenet-v2", runtime=runtime)
+        detections = [d for i in range(0, len(images), 8) for d in detector(images[i:i + 8])]
+        results[runtime] = (detections, embedder(images))
+    (ref_dets, ref_emb), (ov_dets, ov_emb) = results["onnxruntime"], results["openvino"]
+    cosines = np.sum(ref_emb * ov_emb, axis=1)
+    assert cosines.min() >= 0.99, cosines
+    compared = 0
+    for ref, got in zip(ref_dets, ov_dets):
+        if not len(ref) or ref[0, 4] < 0.3:
+            continue
+        compared += 1
+        assert got[0, 5] == ref[0, 5], (ref[0], got[0])
+        assert _iou(ref[0, :4], got[0, :4]) >= 0.9, (ref[0], got[0])
+    assert compared >= 8
+
+
+@pytest.mark.gpu
+def test_cuda_provider_runs_the_detector():
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("no CUDA provider (onnxruntime-gpu and an NVIDIA GPU are needed)")
+    model = create_runtime(DETECTOR_ONNX, runtime="auto", device="cuda")
+    assert "CUDA" in model.describe()
+    heads = model.run(np.zeros((2, 512, 512, 3), np.float32), list(centernet.OUTPUT_NAMES))
+    assert heads[0].shape == (2, 128, 128, 80)
