@@ -47,11 +47,14 @@ class CenterNetDetector:
         from . import centernet
 
         self._centernet = centernet
-        path = Path(str(resources.files("imgfeat.models") / "weights" / "centernet_mbv3.onnx"))
-        if not path.exists():
-            raise ModelUnavailable(f"the bundled detector is missing at {path}; reinstall imgfeat "
+        bundled = resources.files("imgfeat.models") / "weights" / "centernet_mbv3.onnx"
+        if not bundled.is_file():
+            raise ModelUnavailable(f"the bundled detector is missing at {bundled}; reinstall imgfeat "
                                    "or rebuild it with scripts/convert_centernet.sh")
-        self.model = create_runtime(path, runtime=runtime, device=device, threads=threads)
+        # as_file gives a real path even when imgfeat is imported from a zip (spark --py-files);
+        # the runtime reads the whole file while the session is built
+        with resources.as_file(bundled) as path:
+            self.model = create_runtime(path, runtime=runtime, device=device, threads=threads)
         self.labels = tuple(centernet.COCO_LABELS)
         self.digest = self.model.digest
         self.runtime = self.model.describe()
