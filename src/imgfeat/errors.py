@@ -7,6 +7,7 @@
     ├── ModelUnavailable         the model's weights are not on this machine
     ├── SourceError              the input cannot be listed (missing path, unreachable storage)
     ├── OutputError              the output exists but does not belong to this run
+    ├── UnknownId                an id that is not in the index (also a KeyError)
     └── TooManyErrors            more images failed than --max-error-ratio allows
 
 A bad *image* never raises: it becomes a row with status "error" and a reason.
@@ -48,6 +49,13 @@ class SourceError(ImgfeatError):
 
 class OutputError(ImgfeatError):
     """The output folder holds something this run must not mix with."""
+
+
+class UnknownId(ImgfeatError, KeyError):
+    """An id asked for that the index does not hold."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class TooManyErrors(ImgfeatError):

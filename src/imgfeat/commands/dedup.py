@@ -1,0 +1,62 @@
+"""`imgfeat dedup`: near-duplicate groups of a feature dataset, as Parquet and an HTML report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+EPILOG = """\
+examples:
+  imgfeat dedup features/ --threshold 0.9 -o groups.parquet --html report.html
+  imgfeat dedup index/ --threshold 0.95 -o groups.parquet --representative first
+
+Pairs with cosine similarity >= THRESHOLD are joined into groups (connected components).
+Reviews in reviews.jsonl (beside the groups file unless --reviews says otherwise) keep the
+ids of a "not-duplicate" record apart: tick them in the HTML report or the web service.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dedup", help="group near-duplicate images; write groups and an HTML report",
+                       description="Find every pair of images within a similarity threshold with a "
+                                   "FAISS index, group them, pick a representative per group.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", help="a feature folder (from `imgfeat extract`) or an index folder")
+    p.add_argument("--threshold", type=float, default=0.9,
+                   help="cosine similarity at or above which two images are duplicates (default 0.9)")
+    p.add_argument("-o", "--output", required=True, help="the groups Parquet file to write")
+    p.add_argument("--html", metavar="REPORT", help="also write an HTML report with thumbnails")
+    p.add_argument("--max-groups", type=int, default=200, help="groups shown in the HTML report (default 200)")
+    p.add_argument("--representative", choices=("largest", "first"), default="largest",
+                   help="each group's representative: the most pixels (default) or the first indexed")
+    p.add_argument("--reviews", metavar="FILE",
+                   help="reviews JSON Lines file (default: reviews.jsonl beside the output)")
+    p.add_argument("--kind", default="auto", choices=("auto", "flat", "hnsw", "ivf", "ivfpq"),
+                   help="index built for the search when SOURCE is features (default auto: flat below "
+                        "100k vectors, else ivf)")
+    p.add_argument("--max-neighbors", type=int, default=100, help="neighbours kept per image (default 100)")
+    p.add_argument("--json", action="store_true", help="print the run's figures as JSON")
+    p.set_defaults(handler=_dedup)
+
+
+def _dedup(args: argparse.Namespace) -> int:
+    from ..dedup import default_reviews_path, find_duplicates, write_groups
+    from ..report import write_report
+
+    reviews = args.reviews or default_reviews_path(args.output)
+    groups = find_duplicates(args.source, args.threshold, representative=args.representative,
+                             reviews=reviews, kind=args.kind, max_neighbors=args.max_neighbors)
+    write_groups(groups, args.output)
+    stats = dict(groups.attrs["stats"], output=args.output, reviews=reviews)
+    if args.html:
+        stats["html"] = args.html
+        stats["groups_in_html"] = write_report(groups, args.html, max_groups=args.max_groups, stats=stats)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print(f"{stats['groups']} groups ({stats['images_in_groups']} images) among {stats['vectors']} at "
+          f"similarity >= {args.threshold}: {stats['pairs']} pairs"
+          + (f", {stats['pairs_dropped_by_reviews']} dropped by reviews" if stats["pairs_dropped_by_reviews"] else "")
+          + f", {stats['seconds_total']:.1f} s")
+    print(f"groups: {args.output}" + (f"  report: {args.html}" if args.html else ""))
+    return 0

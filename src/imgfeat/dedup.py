@@ -1,0 +1,281 @@
+"""Near-duplicate groups: every pair within a cosine threshold, found with the index.
+
+    groups = find_duplicates("features/", threshold=0.92)      # a DataFrame, one row per member
+    groups.to_parquet("groups.parquet")
+
+How: the vectors go into a FAISS index (exact IndexFlatIP below 100 000 vectors, IVF-Flat
+above: exact scores, approximate neighbour lists), then each chunk of vectors is range-searched
+against it for neighbours with similarity >= threshold (at most `max_neighbors` each: enough to
+connect a group). Pairs a reviewer marked "not-duplicate" are dropped. Groups are the connected
+components of the pair graph (scipy.sparse.csgraph); each gets a representative: the largest
+image (width x height) or the first indexed. Memory is the index (n x dim floats) plus one
+chunk of results; nothing is all-pairs.
+
+Reviews live in a JSON Lines file (`reviews.jsonl`, beside the groups by default), one record
+per verdict: {"ids": [sorted ids], "verdict": "not-duplicate", "at": "2024-05-01T12:00:00Z"}.
+The next run drops every pair (a, b) whose ids are together in a "not-duplicate" record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .errors import ConfigError
+from .index import FLAT_MAX_VECTORS, FeatureIndex, count_ok_rows, feature_files
+
+REPRESENTATIVES = ("largest", "first")
+VERDICTS = ("not-duplicate", "duplicate")
+REVIEWS_FILE = "reviews.jsonl"
+DEDUP_NPROBE = 8  # near-duplicates share a cell or a neighbouring one: few lists suffice
+GROUP_COLUMNS = ("group", "id", "path", "is_representative", "score", "size", "width", "height",
+                 "box", "label")
+
+
+# --- reviews --------------------------------------------------------------------------------
+
+def save_review(reviews_path: str | os.PathLike, ids: Iterable[str], verdict: str = "not-duplicate") -> dict[str, Any]:
+    """Append a reviewer's verdict on a set of ids to the reviews file.
+
+    Args:
+        reviews_path: the JSON Lines file (created with its folder when missing).
+        ids: two or more ids judged together.
+        verdict: "not-duplicate" (the next dedup drops their pairs) or "duplicate" (recorded only).
+
+    Returns:
+        The record written: {"ids": sorted ids, "verdict": ..., "at": ISO time}.
+
+    Raises:
+        ConfigError: fewer than two distinct ids, or an unknown verdict.
+    """
+    unique = sorted({str(i) for i in ids})
+    if len(unique) < 2:
+        raise ConfigError(f"a review needs at least two distinct ids, got {unique}")
+    if verdict not in VERDICTS:
+        raise ConfigError(f"verdict must be one of {', '.join(VERDICTS)}, got {verdict!r}")
+    record = {"ids": unique, "verdict": verdict, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    reviews_path = os.fspath(reviews_path)
+    folder = os.path.dirname(os.path.abspath(reviews_path))
+    os.makedirs(folder, exist_ok=True)
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    # one write() of one line on an O_APPEND descriptor: concurrent writers do not interleave
+    fd = os.open(reviews_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+    return record
+
+
+def load_reviews(reviews_path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a reviews file, oldest first ([] when the file does not exist).
+
+    A last line without its newline (a write cut short) is ignored.
+
+    Raises:
+        ConfigError: a complete line is not a review record (the message names the line).
+    """
+    reviews_path = os.fspath(reviews_path)
+    if not os.path.exists(reviews_path):
+        return []
+    with open(reviews_path, encoding="utf-8") as fh:
+        lines = fh.read().split("\n")
+    records = []
+    for number, line in enumerate(lines[:-1], start=1):  # lines[-1] is "" or a cut-short write
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{reviews_path} line {number} is not JSON ({exc}): fix or delete that line") from exc
+        if not isinstance(record, dict) or not isinstance(record.get("ids"), list):
+            raise ConfigError(f"{reviews_path} line {number} is not a review record "
+                              '({"ids": [...], "verdict": ...}): fix or delete that line')
+        records.append(record)
+    return records
+
+
+def not_duplicate_sets(reviews: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """The id sets of "not-duplicate" records (a later "duplicate" on the same set cancels it)."""
+    latest: dict[frozenset, str] = {}
+    for record in reviews:
+        latest[frozenset(str(i) for i in record["ids"])] = record.get("verdict", "not-duplicate")
+    return [sorted(ids) for ids, verdict in latest.items() if verdict == "not-duplicate"]
+
+
+def _review_keys(index: FeatureIndex, reviews: Sequence[dict[str, Any]], width: int) -> np.ndarray:
+    """Pair keys lo * width + hi of every label pair inside a not-duplicate set."""
+    keys = []
+    for ids in not_duplicate_sets(reviews):
+        known = [i for i in ids if index.contains(i)]
+        if len(known) < 2:
+            continue
+        labels = np.sort(index.labels_of(known))
+        lo, hi = np.triu_indices(len(labels), k=1)
+        keys.append(labels[lo] * width + labels[hi])
+    return np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
+
+
+# --- groups ---------------------------------------------------------------------------------
+
+def _components(n: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Connected-component label of each of n nodes, given undirected edges."""
+    try:
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+    except ImportError:
+        return _union_find(n, lo, hi)
+    graph = coo_matrix((np.ones(len(lo), np.int8), (lo, hi)), shape=(n, n)).tocsr()
+    return connected_components(graph, directed=False)[1]
+
+
+def _union_find(n: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Components by repeated label propagation over the edges (numpy only)."""
+    parent = np.arange(n)
+    while True:
+        low = np.minimum(parent[lo], parent[hi])
+        before = parent.copy()
+        np.minimum.at(parent, lo, low)
+        np.minimum.at(parent, hi, low)
+        parent = parent[parent]  # pointer jumping
+        if np.array_equal(parent, before):
+            return parent
+
+
+def _open_index(source: Any, kind: str) -> FeatureIndex:
+    if isinstance(source, FeatureIndex):
+        return source
+    if isinstance(source, (str, os.PathLike)) and os.path.exists(os.path.join(os.fspath(source), "index.json")):
+        return FeatureIndex.load(source)
+    if kind == "auto":
+        count = count_ok_rows(feature_files(source).files)
+        # exact below the flat limit; above it IVF-Flat: its scores are exact (no compression),
+        # so the threshold means the same thing, and only far-away cells are skipped
+        kind = "flat" if count < FLAT_MAX_VECTORS else "ivf"
+    return FeatureIndex.build(source, kind=kind, codes=False)
+
+
+def find_duplicates(source: Any, threshold: float = 0.9, *, representative: str = "largest",
+                    reviews: str | os.PathLike | Sequence[dict[str, Any]] | None = None,
+                    kind: str = "auto", max_neighbors: int = 100, chunk_rows: int = 16384,
+                    nprobe: int | None = None) -> Any:
+    """Group near-duplicate images: all pairs with cosine similarity >= threshold, joined.
+
+    Args:
+        source: a feature folder (or shards), an index folder, or a FeatureIndex.
+        threshold: cosine similarity of two embeddings to call them duplicates (0-1; ~0.9
+            for the default embedder: see docs/search.md).
+        representative: "largest" (most pixels; ties: first) or "first" (first indexed).
+        reviews: a reviews.jsonl path, or its records: pairs inside a "not-duplicate"
+            record are dropped.
+        kind: index kind when building from features ("auto": flat below 100k, else ivf).
+        max_neighbors: neighbours kept per image (its best); bounds memory on huge groups.
+        chunk_rows: vectors range-searched at a time.
+        nprobe: inverted lists visited per query for ivf/ivfpq (default 8 when `source` is a
+            path, as near-duplicates sit in nearby cells; a FeatureIndex object keeps its own).
+
+    Returns:
+        pandas.DataFrame, one row per member of a group of two or more: group (0 = largest
+        group), id, path, is_representative, score (cosine to the representative), size,
+        width, height, box, label. `frame.attrs["stats"]` holds counts and seconds.
+
+    Raises:
+        ConfigError: a threshold outside (0, 1], an unknown representative rule, or a
+            malformed reviews file.
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise ConfigError(f"threshold is a cosine similarity in (0, 1], got {threshold}")
+    if representative not in REPRESENTATIVES:
+        raise ConfigError(f"representative must be one of {', '.join(REPRESENTATIVES)}, got {representative!r}")
+    started = time.perf_counter()
+    index = _open_index(source, kind)
+    indexed = time.perf_counter()
+    if nprobe is not None or (not isinstance(source, FeatureIndex) and index.kind in ("ivf", "ivfpq")):
+        index.params["nprobe"] = nprobe or DEDUP_NPROBE
+    records = load_reviews(reviews) if isinstance(reviews, (str, os.PathLike)) else list(reviews or [])
+    width = max(index._next_label, 1)
+    review_keys = _review_keys(index, records, width)
+
+    pair_keys = []
+    dropped = 0
+    for labels, vectors in index.iter_vectors(chunk_rows):
+        queries, neighbours, _ = index.range_pairs(vectors, labels, threshold, max_neighbors)
+        keys = np.minimum(queries, neighbours) * width + np.maximum(queries, neighbours)
+        if len(review_keys):
+            reviewed = np.isin(keys, review_keys)
+            dropped += int(reviewed.sum())
+            keys = keys[~reviewed]
+        pair_keys.append(np.unique(keys))
+    keys = np.unique(np.concatenate(pair_keys)) if pair_keys else np.zeros(0, np.int64)
+    searched = time.perf_counter()
+
+    lo, hi = keys // width, keys % width
+    component = _components(width, lo, hi)
+    live = index.metadata_frame()
+    live_labels = live["faiss_id"].to_numpy().astype(np.int64)
+    sizes = np.bincount(component[live_labels], minlength=width)
+    in_group = sizes[component[live_labels]] >= 2
+    members = live.iloc[np.flatnonzero(in_group)].copy()
+    members["component"] = component[live_labels[in_group]]
+    frame = _describe_groups(index, members, representative)
+    stats = {
+        "vectors": len(index), "kind": index.kind, "threshold": threshold, "pairs": int(len(keys)),
+        "pairs_dropped_by_reviews": dropped, "groups": int(frame["group"].nunique()) if len(frame) else 0,
+        "images_in_groups": int(len(frame)), "seconds_index": round(indexed - started, 3),
+        "seconds_search": round(searched - indexed, 3),
+        "seconds_total": round(time.perf_counter() - started, 3),
+    }
+    frame.attrs["stats"] = stats
+    return frame
+
+
+def _describe_groups(index: FeatureIndex, members: Any, representative: str) -> Any:
+    """Group numbers (largest first), representatives and member scores."""
+    import pandas as pd
+
+    if members.empty:
+        return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in (
+            ("group", "int64"), ("id", "str"), ("path", "str"), ("is_representative", "bool"),
+            ("score", "float32"), ("size", "int64"), ("width", "Int64"), ("height", "Int64"),
+            ("box", "object"), ("label", "str"))})
+    members = members.reset_index()
+    members["pixels"] = (members["width"].fillna(0).astype(np.int64) * members["height"].fillna(0).astype(np.int64))
+    members["size"] = members.groupby("component")["faiss_id"].transform("size")
+    # groups: largest first, then by their first member; members: by label (indexing order)
+    members = members.sort_values(["faiss_id"], kind="stable")
+    first_label = members.groupby("component")["faiss_id"].transform("min")
+    members = members.assign(first_label=first_label).sort_values(
+        ["size", "first_label", "faiss_id"], ascending=[False, True, True], kind="stable")
+    members["group"] = pd.factorize(members["component"])[0]
+    if representative == "largest":
+        order = members.sort_values(["group", "pixels", "faiss_id"], ascending=[True, False, True], kind="stable")
+    else:
+        order = members.sort_values(["group", "faiss_id"], kind="stable")
+    rep_label = order.groupby("group")["faiss_id"].first()
+    members["representative"] = members["group"].map(rep_label)
+    members["is_representative"] = members["faiss_id"] == members["representative"]
+    vectors = index.vectors_of_labels(members["faiss_id"].to_numpy())
+    rep_vectors = index.vectors_of_labels(members["representative"].to_numpy())
+    members["score"] = np.clip(np.einsum("ij,ij->i", vectors, rep_vectors), -1.0, 1.0).astype(np.float32)
+    members["box"] = [None if np.isnan([a, b, c, d]).any() else [float(a), float(b), float(c), float(d)]
+                      for a, b, c, d in members[["x1", "y1", "x2", "y2"]].to_numpy(dtype=np.float64)]
+    members = members.sort_values(["group", "is_representative", "score", "faiss_id"],
+                                  ascending=[True, False, False, True], kind="stable")
+    frame = members[list(GROUP_COLUMNS)].reset_index(drop=True)
+    return frame.astype({"group": "int64", "size": "int64", "width": "Int64", "height": "Int64"})
+
+
+def write_groups(frame: Any, path: str | os.PathLike) -> None:
+    """Write the groups DataFrame to Parquet (folder created when missing)."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    frame.to_parquet(path, index=False)
+
+
+def default_reviews_path(groups_path: str | os.PathLike) -> str:
+    """reviews.jsonl beside the groups file."""
+    return os.path.join(os.path.dirname(os.path.abspath(os.fspath(groups_path))), REVIEWS_FILE)

@@ -1,0 +1,233 @@
+"""Search an index by image or by id; results as a DataFrame.
+
+    from imgfeat.index import FeatureIndex
+    from imgfeat.search import search
+    index = FeatureIndex.load("index/")
+    results = search(index, ["query.jpg"], k=10)       # query, id, path, score, rank, box, label
+    results = search(index, ids=["3f2a9c0d1e4b5a67"])  # neighbours of an indexed image
+
+A query image goes through the same decode -> detect -> crop -> embed as extraction did:
+the `Features` stage is built from the PipelineConfig stored with the index (once per index),
+so a photo that is in the index finds itself first with a score of ~1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections import OrderedDict
+from typing import Any, Sequence
+
+import numpy as np
+
+from .config import DecodeConfig, DetectConfig, EmbedConfig, PipelineConfig, RunConfig
+from .decode import decode_image
+from .errors import ConfigError
+from .index import FeatureIndex
+from .sources import Item
+from .stages import DecodedItem, Features
+
+RESULT_COLUMNS = ("query", "id", "path", "score", "rank", "box", "label", "error")
+USING = ("embedding", "code")
+
+
+def _known(cls: type, values: dict[str, Any] | None) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in (values or {}).items() if k in names}
+
+
+def query_config(index_config: dict[str, Any], device: str | None = None, threads: int = 0) -> PipelineConfig:
+    """The PipelineConfig that embeds queries the way the index's features were made.
+
+    Args:
+        index_config: `FeatureIndex.config` (the PipelineConfig dict from the features' manifest).
+        device: override the extraction device ("cpu" or "cuda"); default: the extraction's.
+        threads: inference threads (0: the runtime decides).
+
+    Raises:
+        ConfigError: the index carries no extraction config.
+    """
+    if not index_config:
+        raise ConfigError("this index carries no extraction config, so query images cannot be embedded "
+                          "the way its images were; rebuild it from an `imgfeat extract` output")
+    run = _known(RunConfig, index_config.get("run"))
+    run.update(workers=0, progress=False, limit=0, overwrite=False, threads=threads)
+    if device:
+        run["device"] = device
+    embed = _known(EmbedConfig, index_config.get("embed"))
+    hasher = embed.get("hasher", "rproj")
+    if hasher != "rproj" and not os.path.exists(hasher):
+        # a learned hash file that is not on this machine: float search does not need it, and
+        # code search checks the hasher name against the index's before it compares codes
+        embed["hasher"] = "rproj"
+    return PipelineConfig(
+        decode=DecodeConfig(**_known(DecodeConfig, index_config.get("decode"))),
+        detect=DetectConfig(**_known(DetectConfig, index_config.get("detect"))),
+        embed=EmbedConfig(**embed),
+        run=RunConfig(**run),
+    )
+
+
+_QUERY_FEATURES: "OrderedDict[str, Features]" = OrderedDict()
+_KEEP_FEATURES = 2  # pipelines kept loaded, most recently used first out of the door last
+
+
+def query_features(index: FeatureIndex) -> Features:
+    """The `Features` stage for an index's queries, built once per extraction config and kept.
+
+    Indexes built from the same extraction settings share one loaded pipeline (the two most
+    recently used configs stay loaded).
+
+    Raises:
+        ConfigError: the index has no extraction config, or its embedder's size differs.
+        UnknownModel, ModelUnavailable: the models cannot be built here.
+    """
+    key = json.dumps(index.config, sort_keys=True, default=str)
+    features = _QUERY_FEATURES.get(key)
+    if features is None:
+        features = Features(query_config(index.config))
+        _QUERY_FEATURES[key] = features
+        while len(_QUERY_FEATURES) > _KEEP_FEATURES:
+            _QUERY_FEATURES.popitem(last=False)
+    _QUERY_FEATURES.move_to_end(key)
+    if features.embedder.dim != index.dim:
+        raise ConfigError(f"the index holds {index.dim}-d vectors but the embedder "
+                          f"{features.models['embedder']!r} gives {features.embedder.dim}-d ones")
+    return features
+
+
+def _read(image: str | bytes | os.PathLike, config: DecodeConfig) -> tuple[str, Any]:
+    """(query label, Decoded) for a path/URL or raw bytes; failures become Decoded errors."""
+    from .decode import Decoded
+
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return "", decode_image(bytes(image), config)
+    path = os.fspath(image)
+    try:
+        if "://" in path:
+            import fsspec
+
+            with fsspec.open(path, "rb") as fh:
+                content = fh.read()
+        else:
+            if os.path.getsize(path) > config.max_bytes:
+                return path, Decoded(None, error=f"too-large: {os.path.getsize(path)} bytes")
+            with open(path, "rb") as fh:
+                content = fh.read()
+    except FileNotFoundError:
+        return path, Decoded(None, error=f"not-found: {path}")
+    except OSError as exc:
+        return path, Decoded(None, error=f"read-error: {exc}")
+    return path, decode_image(content, config)
+
+
+def embed_queries(index: FeatureIndex, images: Sequence[str | bytes | os.PathLike]) -> tuple[list[str], Any]:
+    """Run query images through the index's pipeline.
+
+    Returns:
+        (query labels, Arrow table in the output schema: one row per image, errors included).
+    """
+    features = query_features(index)
+    labels, batch = [], []
+    for i, image in enumerate(images):
+        label, decoded = _read(image, features.config.decode)
+        label = label or f"image-{i}"
+        labels.append(label)
+        batch.append(DecodedItem(Item(f"query-{i}", label), decoded))
+    return labels, features(batch)
+
+
+def search(index: FeatureIndex, images: Sequence[str | bytes | os.PathLike] | None = None,
+           ids: Sequence[str] | None = None, k: int = 10, *, using: str = "embedding",
+           exclude_self: bool = False) -> Any:
+    """Find the k most similar indexed images of each query image or indexed id.
+
+    Args:
+        index: a FeatureIndex.
+        images: paths/URLs or encoded bytes; each is decoded, its main object detected,
+            cropped and embedded with the models and settings the index was built from.
+        ids: ids already in the index to use as queries (their stored vectors).
+        k: neighbours per query.
+        using: "embedding" (cosine similarity) or "code" (Hamming distance on the binary
+            codes; the score is then 1 - distance / bits).
+        exclude_self: drop each id query from its own results.
+
+    Returns:
+        pandas.DataFrame with columns query, id, path, score, rank (1 = best), box, label,
+        error: k rows per query; a query image that cannot be decoded gives one row with
+        `error` set and no id.
+
+    Raises:
+        UnknownId: an id query is not in the index.
+        ConfigError: neither images nor ids, a bad `using`, or models that do not fit the index.
+    """
+    import pandas as pd
+
+    if using not in USING:
+        raise ConfigError(f"using must be one of {', '.join(USING)}, got {using!r}")
+    if not images and not ids:
+        raise ConfigError("give query images or ids")
+    rows: list[dict[str, Any]] = []
+    if images:
+        labels, table = embed_queries(index, list(images))
+        errors = table.column("error").to_pylist()
+        good = [i for i, e in enumerate(errors) if e is None]
+        if using == "code":
+            _check_hasher(index, table.column("hasher")[0].as_py() if table.num_rows else None)
+        queries = _query_values(table, good, using, index)
+        results = _search(index, queries, k, using) if good else ([], [])
+        found = dict(zip(good, zip(*results))) if good else {}
+        for i, label in enumerate(labels):
+            if errors[i] is not None:
+                rows.append({"query": label, "id": None, "path": None, "score": np.nan, "rank": None,
+                             "box": None, "label": None, "error": errors[i]})
+            else:
+                rows.extend(_rows(index, label, *found[i]))
+    if ids:
+        ids = [str(i) for i in ids]
+        queries = index.vectors(ids) if using == "embedding" else index.codes(ids)
+        scores, neighbours = _search(index, queries, k + 1 if exclude_self else k, using)
+        for query_id, row_scores, row_ids in zip(ids, scores, neighbours):
+            if exclude_self:
+                pairs = [(s, n) for s, n in zip(row_scores, row_ids) if n != query_id][:k]
+                row_scores, row_ids = [p[0] for p in pairs], [p[1] for p in pairs]
+            rows.extend(_rows(index, query_id, row_scores, row_ids))
+    frame = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    frame["rank"] = frame["rank"].astype("Int64")
+    frame["score"] = frame["score"].astype("float64")
+    return frame
+
+
+def _check_hasher(index: FeatureIndex, query_hasher: str | None) -> None:
+    if query_hasher and index.models.get("hasher") and query_hasher != index.models["hasher"]:
+        raise ConfigError(f"query codes come from hasher {query_hasher!r} but the index holds "
+                          f"{index.models['hasher']!r} codes (is the learned hash file missing here?); "
+                          "search with using='embedding'")
+
+
+def _query_values(table: Any, good: list[int], using: str, index: FeatureIndex) -> np.ndarray:
+    if using == "embedding":
+        column = table.column("embedding").take(good)
+        values = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        return values.reshape(len(good), -1).astype(np.float32)
+    codes = table.column("code").take(good).to_pylist()
+    return np.frombuffer(b"".join(codes), np.uint8).reshape(len(good), -1)
+
+
+def _search(index: FeatureIndex, queries: np.ndarray, k: int, using: str) -> tuple[Any, Any]:
+    """(scores, ids) per query; Hamming distances become similarities 1 - d / bits."""
+    if using == "embedding":
+        return index.search(queries, k)
+    distances, neighbours = index.search_codes(queries, k)
+    similarities = 1.0 - distances.astype(np.float64) / (index.code_bytes * 8)
+    similarities[distances < 0] = np.nan
+    return similarities, neighbours
+
+
+def _rows(index: FeatureIndex, query: str, scores: Any, neighbours: Sequence[str | None]) -> list[dict[str, Any]]:
+    found = [(float(s), n) for s, n in zip(scores, neighbours) if n is not None]
+    metadata = index.metadata([n for _, n in found])
+    return [{"query": query, "id": n, "path": m["path"], "score": s, "rank": rank,
+             "box": m["box"], "label": m["label"], "error": None}
+            for rank, ((s, n), m) in enumerate(zip(found, metadata), start=1)]
