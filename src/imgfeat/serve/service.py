@@ -1,0 +1,446 @@
+"""What the HTTP service does, without HTTP: embed, search, thumbnails, duplicate groups.
+
+    service = SearchService(FeatureIndex.load("index/"), groups_path="groups.parquet")
+    result = await service.embed(image_bytes)              # box, label, score, embedding, code
+    result = await service.search(image_bytes, k=10)        # the query's box + top-k neighbours
+    service.close()
+
+Uploads are decoded in the caller's thread (many at once: decoding releases the GIL) with the
+index's own DecodeConfig; the models run in one worker thread on micro-batches gathered from
+every concurrent request (`MicroBatcher`), with the PipelineConfig the index was extracted
+with, so an uploaded image is embedded exactly as the indexed ones were. Every bad input
+raises `RequestError` (an HTTP status, a short kind and a sentence); nothing here trusts a
+file name or content type: the bytes are sniffed by the decoder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..config import DecodeConfig, DetectConfig, EmbedConfig, PipelineConfig, RunConfig
+from ..decode import Decoded, decode_image
+from ..errors import ConfigError
+from ..sources import Item
+from ..stages import DecodedItem, Features
+from .batching import MicroBatcher
+
+CODE_ENCODING = "hex"  # the binary code in JSON: numpy.packbits bytes as lowercase hex
+
+# decode error kind (decode.py) -> HTTP status
+_DECODE_STATUS = {"empty": 400, "too-large": 413, "not-an-image": 415, "corrupt": 422}
+
+
+class RequestError(Exception):
+    """A bad request: becomes the JSON body {"error": kind, "detail": detail} with `status`."""
+
+    def __init__(self, status: int, kind: str, detail: str):
+        super().__init__(f"{status} {kind}: {detail}")
+        self.status = status
+        self.kind = kind
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How the service runs; the CLI's `imgfeat serve` options map onto it.
+
+    Args:
+        max_upload_bytes: larger request bodies are refused (413) before they are read.
+        max_pixels: images declaring more pixels are refused (413); None keeps the index's
+            extraction cap (DecodeConfig.max_pixels).
+        max_k: the most neighbours one search returns (larger `k` is capped).
+        batch_size: most images per model batch.
+        batch_wait_ms: how long the first request of a batch waits for others.
+        thumb_size: long side of /thumb images in pixels.
+        thumb_cache: thumbnails kept in memory.
+        threads: inference threads (0: the runtime decides).
+    """
+
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_pixels: int | None = None
+    max_k: int = 100
+    batch_size: int = 16
+    batch_wait_ms: float = 5.0
+    thumb_size: int = 256
+    thumb_cache: int = 2048
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_upload_bytes < 1:
+            raise ConfigError(f"max_upload_bytes must be >= 1, got {self.max_upload_bytes}")
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise ConfigError(f"max_pixels must be >= 1, got {self.max_pixels}")
+        if self.max_k < 1:
+            raise ConfigError(f"max_k must be >= 1, got {self.max_k}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.batch_wait_ms <= 1000:
+            raise ConfigError(f"batch_wait_ms must be in [0, 1000], got {self.batch_wait_ms}")
+        if not 16 <= self.thumb_size <= 1024:
+            raise ConfigError(f"thumb_size must be in [16, 1024], got {self.thumb_size}")
+
+
+def _known_fields(cls: type, values: dict[str, Any] | None) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in (values or {}).items() if k in names}
+
+
+def pipeline_config_for(index_config: dict[str, Any] | None, serve: ServeConfig) -> PipelineConfig:
+    """The PipelineConfig to embed uploads with: the index's own, run in this process.
+
+    Args:
+        index_config: `FeatureIndex.config`, the PipelineConfig dict used at extraction.
+        serve: the service's options (pixel cap and threads override the index's).
+
+    Raises:
+        ConfigError: the index carries no extraction config.
+    """
+    if not index_config:
+        raise ConfigError("the index carries no extraction config, so uploads cannot be embedded "
+                          "the way its images were; rebuild it with `FeatureIndex.build` from an "
+                          "`imgfeat extract` output")
+    decode = _known_fields(DecodeConfig, index_config.get("decode"))
+    if serve.max_pixels is not None:
+        decode["max_pixels"] = serve.max_pixels
+    run = _known_fields(RunConfig, index_config.get("run"))
+    return PipelineConfig(
+        decode=DecodeConfig(**decode),
+        detect=DetectConfig(**_known_fields(DetectConfig, index_config.get("detect"))),
+        embed=EmbedConfig(**_known_fields(EmbedConfig, index_config.get("embed"))),
+        # the index's device and runtime, but in this process, with the service's threads
+        run=RunConfig(**{**run, "workers": 0, "progress": False, "limit": 0, "overwrite": False,
+                         "threads": serve.threads or run.get("threads", 0)}),
+    )
+
+
+def _floats(values: Any) -> list[float] | None:
+    """JSON-safe floats (NaN becomes None) from an array, list or None."""
+    if values is None or (np.ndim(values) == 0 and _absent(values)):
+        return None
+    return [None if math.isnan(v) else v for v in np.asarray(values, dtype=np.float64).tolist()]
+
+
+def _score(value: Any) -> float | None:
+    return None if _absent(value) else float(value)
+
+
+@dataclass
+class _Job:
+    decoded: Decoded
+    k: int  # 0: embed only
+
+
+class SearchService:
+    """The models, the index and the duplicate groups behind the HTTP routes.
+
+    Args:
+        index: a loaded `imgfeat.index.FeatureIndex`.
+        groups_path: the groups Parquet written by `imgfeat dedup` (None: no duplicates view).
+        reviews_path: where "not duplicate" verdicts go (reviews.jsonl); None: beside
+            `groups_path`, or no reviews when that is None too.
+        config: service options.
+
+    Raises:
+        ConfigError: the index lacks an extraction config, or its models differ from the ones
+            this config builds, or the groups file lacks the dedup columns.
+    """
+
+    def __init__(self, index: Any, groups_path: str | os.PathLike | None = None,
+                 reviews_path: str | os.PathLike | None = None, config: ServeConfig | None = None):
+        self.index = index
+        self.config = config or ServeConfig()
+        self.pipeline = pipeline_config_for(index.config, self.config)
+        self.features = Features(self.pipeline)
+        if self.features.embedder.dim != index.dim:
+            raise ConfigError(f"the index holds {index.dim}-d vectors but embedder "
+                              f"{self.features.embedder.name!r} makes {self.features.embedder.dim}-d ones")
+        self.groups_path = os.fspath(groups_path) if groups_path is not None else None
+        if reviews_path is None and self.groups_path is not None:
+            from ..dedup import default_reviews_path
+
+            reviews_path = default_reviews_path(self.groups_path)  # where `imgfeat dedup` looks
+        self.reviews_path = os.fspath(reviews_path) if reviews_path is not None else None
+        self.groups = _load_groups(self.groups_path) if self.groups_path else []
+        self._thumbs: OrderedDict[str, bytes] = OrderedDict()
+        self._thumbs_lock = threading.Lock()
+        self._reviews_lock = threading.Lock()
+        self.batcher: MicroBatcher[_Job, dict] = MicroBatcher(
+            self._process, max_batch=self.config.batch_size, max_wait_s=self.config.batch_wait_ms / 1000)
+
+    def close(self) -> None:
+        """Stop the batch worker (finishing queued requests)."""
+        self.batcher.close()
+
+    # --- embedding and search -------------------------------------------------------------
+
+    def decode(self, content: bytes) -> Decoded:
+        """Decode an upload with the index's DecodeConfig (and the service's pixel cap).
+
+        Raises:
+            RequestError: 400 empty, 413 too many pixels, 415 not an image, 422 corrupt.
+        """
+        decoded = decode_image(content, self.pipeline.decode)
+        if decoded.error is not None:
+            kind, _, detail = decoded.error.partition(": ")
+            raise RequestError(_DECODE_STATUS.get(kind, 422), kind, detail or decoded.error)
+        return decoded
+
+    async def embed(self, decoded: Decoded) -> dict[str, Any]:
+        """Box, label, score, embedding and code of one decoded upload (micro-batched)."""
+        return await self.batcher.run(_Job(decoded, 0))
+
+    async def search(self, decoded: Decoded, k: int) -> dict[str, Any]:
+        """The upload's features and its `k` nearest indexed images (micro-batched).
+
+        Args:
+            decoded: the upload, from `decode`.
+            k: neighbours wanted; capped by `config.max_k` and the index size.
+        """
+        k = max(1, min(k, self.config.max_k, len(self.index)))
+        return await self.batcher.run(_Job(decoded, k))
+
+    def _process(self, jobs: list[_Job]) -> list[dict[str, Any]]:
+        """One model batch: features of every job, then one index search for those that ask."""
+        batch = [DecodedItem(Item(f"upload-{i}", "upload"), job.decoded) for i, job in enumerate(jobs)]
+        table = self.features(batch)
+        rows = table.select(["status", "error", "width", "height", "box", "label", "score", "crop",
+                             "code"]).to_pylist()
+        embeddings = _embedding_matrix(table, self.features.embedder.dim)
+        results: list[dict[str, Any]] = []
+        for row, embedding in zip(rows, embeddings):
+            if row["status"] != "ok":  # decode already passed, so this is the model's refusal
+                results.append({"error": row["error"] or "failed"})
+                continue
+            results.append({
+                "width": row["width"], "height": row["height"], "box": _floats(row["box"]),
+                "label": row["label"], "score": _score(row["score"]), "crop": row["crop"],
+                "embedding": _floats(embedding), "code": row["code"].hex(),
+                "code_encoding": CODE_ENCODING, "code_bits": len(row["code"]) * 8,
+                "models": dict(self.features.models),
+            })
+        searching = [i for i, job in enumerate(jobs) if job.k > 0 and "error" not in results[i]]
+        if searching:
+            k = max(jobs[i].k for i in searching)
+            scores, ids = self.index.search(np.ascontiguousarray(embeddings[searching], np.float32), k=k)
+            hits = [[(item_id, float(score)) for item_id, score in zip(ids[row], scores[row])
+                     if item_id is not None and not math.isnan(float(score))][:jobs[i].k]
+                    for row, i in enumerate(searching)]
+            # one metadata lookup for the whole batch: each call has a fixed cost
+            wanted = list(dict.fromkeys(item_id for row in hits for item_id, _ in row))
+            metadata = dict(zip(wanted, self.index.metadata(wanted))) if wanted else {}
+            for row, i in enumerate(searching):
+                neighbours = [{"id": item_id, "score": score, **_public_metadata(metadata[item_id])}
+                              for item_id, score in hits[row]]
+                results[i] = {"query": results[i], "k": jobs[i].k, "results": neighbours}
+        return results
+
+    # --- items and thumbnails -------------------------------------------------------------
+
+    def item(self, item_id: str) -> dict[str, Any]:
+        """Metadata of an indexed image.
+
+        Raises:
+            RequestError: 404 when the id is not in the index.
+        """
+        self._require(item_id)
+        meta = self.index.metadata([item_id])[0]
+        if meta is None:
+            raise RequestError(404, "unknown-id", f"no item {item_id!r} in the index")
+        return {"id": item_id, **_public_metadata(meta)}
+
+    def thumbnail(self, item_id: str) -> bytes:
+        """A JPEG thumbnail of an indexed image, read from the path the index recorded.
+
+        Only ids in the index are served; the path comes from the index, never the request.
+
+        Raises:
+            RequestError: 404 for an unknown id or an image that can no longer be read.
+        """
+        self._require(item_id)
+        with self._thumbs_lock:
+            if item_id in self._thumbs:
+                self._thumbs.move_to_end(item_id)
+                return self._thumbs[item_id]
+        meta = self.index.metadata([item_id])[0]
+        if meta is None:
+            raise RequestError(404, "unknown-id", f"no item {item_id!r} in the index")
+        thumb = self._make_thumbnail(meta["path"])
+        with self._thumbs_lock:
+            self._thumbs[item_id] = thumb
+            while len(self._thumbs) > self.config.thumb_cache:
+                self._thumbs.popitem(last=False)
+        return thumb
+
+    def _make_thumbnail(self, path: str) -> bytes:
+        from fsspec.core import url_to_fs
+
+        limit = self.pipeline.decode.max_bytes
+        try:
+            fs, fs_path = url_to_fs(path)
+            if fs.size(fs_path) > limit:
+                raise RequestError(404, "image-unavailable", f"the image at {path} is over {limit} bytes")
+            with fs.open(fs_path, "rb") as fh:
+                content = fh.read()
+        except (OSError, ValueError) as exc:
+            raise RequestError(404, "image-unavailable",
+                               f"the indexed image can no longer be read from {path}: {exc}") from exc
+        size = self.config.thumb_size
+        decoded = decode_image(content, DecodeConfig(max_pixels=self.pipeline.decode.max_pixels,
+                                                     max_side=2 * size))
+        if decoded.error is not None:
+            raise RequestError(404, "image-unavailable", f"the indexed image at {path}: {decoded.error}")
+        with Image.fromarray(decoded.image) as image:
+            image.thumbnail((size, size), Image.Resampling.BILINEAR)
+            out = io.BytesIO()
+            image.save(out, format="JPEG", quality=85)
+        return out.getvalue()
+
+    def _require(self, item_id: str) -> None:
+        if not self.index.contains(item_id):
+            raise RequestError(404, "unknown-id", f"no item {item_id!r} in the index")
+
+    # --- duplicate groups and reviews -----------------------------------------------------
+
+    def group_page(self, offset: int, limit: int) -> dict[str, Any]:
+        """A page of duplicate groups, each marked with its review verdict (or None).
+
+        Raises:
+            RequestError: 404 when the service was started without a groups file.
+        """
+        if self.groups_path is None:
+            raise RequestError(404, "no-groups", "start the service with --groups GROUPS.parquet "
+                                                 "(written by `imgfeat dedup`) to review duplicates")
+        reviewed = self._reviewed()
+        page = []
+        for group in self.groups[offset:offset + limit]:
+            ids = frozenset(item["id"] for item in group["items"])
+            page.append({**group, "verdict": reviewed.get(ids)})
+        return {"total": len(self.groups), "offset": offset, "limit": limit, "groups": page}
+
+    def review(self, ids: list[str], verdict: str) -> dict[str, Any]:
+        """Store a reviewer's verdict on a set of ids (respected by the next `imgfeat dedup`).
+
+        Raises:
+            RequestError: 404 without a reviews file; 422 for fewer than two distinct ids, or
+                ids that are not in the index.
+        """
+        from ..dedup import save_review
+
+        if self.reviews_path is None:
+            raise RequestError(404, "no-reviews", "start the service with --groups (or --reviews) "
+                                                  "to store duplicate reviews")
+        unique = sorted(set(ids))
+        if len(unique) < 2:
+            raise RequestError(422, "invalid-review", "a review needs at least two distinct ids")
+        unknown = [item_id for item_id in unique if not self.index.contains(item_id)]
+        if unknown:
+            raise RequestError(422, "unknown-id", f"not in the index: {', '.join(unknown[:5])}")
+        with self._reviews_lock:
+            save_review(self.reviews_path, unique, verdict=verdict)
+        return {"ids": unique, "verdict": verdict}
+
+    def _reviewed(self) -> dict[frozenset, str]:
+        from ..dedup import load_reviews
+
+        if self.reviews_path is None or not os.path.exists(self.reviews_path):
+            return {}
+        with self._reviews_lock:
+            reviews = load_reviews(self.reviews_path)
+        return _verdicts(reviews)
+
+    def health(self) -> dict[str, Any]:
+        """Index size, models and batching figures for /healthz."""
+        stats = self.batcher.stats
+        return {
+            "status": "ok", "items": len(self.index), "dim": self.index.dim,
+            "models": dict(self.features.models), "groups": len(self.groups) if self.groups_path else None,
+            "batching": {"max_batch": self.batcher.max_batch, "max_wait_ms": self.config.batch_wait_ms,
+                         "batches": stats.batches, "images": stats.jobs,
+                         "mean_batch": round(stats.mean_batch, 2), "largest_batch": stats.largest},
+        }
+
+
+def _embedding_matrix(table: Any, dim: int) -> np.ndarray:
+    column = table.column("embedding").combine_chunks()
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    if len(values) == len(column) * dim:
+        return values.reshape(len(column), dim)
+    # null rows (errors) carry no values in the flattened child: place the valid ones
+    out = np.zeros((len(column), dim), np.float32)
+    valid = np.flatnonzero(column.is_valid().to_numpy(zero_copy_only=False))
+    out[valid] = values.reshape(len(valid), dim)
+    return out
+
+
+def _public_metadata(meta: dict[str, Any] | None) -> dict[str, Any]:
+    """The JSON form of `FeatureIndex.metadata` for one id (everything but vectors)."""
+    meta = meta or {}
+    return {
+        "path": _text(meta.get("path")), "box": _floats(meta.get("box")), "label": _text(meta.get("label")),
+        "detector_score": _score(meta.get("score")),  # "score" is the similarity in results
+        "width": _int(meta.get("width")), "height": _int(meta.get("height")), "crop": _text(meta.get("crop")),
+    }
+
+
+def _absent(value: Any) -> bool:
+    """None, NaN or pandas' NA (groups files hold nullable integer columns)."""
+    if value is None:
+        return True
+    try:
+        return bool(value != value)  # NaN; NA compares to NA, and bool(NA) raises
+    except TypeError:
+        return True
+
+
+def _int(value: Any) -> int | None:
+    return None if _absent(value) else int(value)
+
+
+def _text(value: Any) -> str | None:
+    return None if _absent(value) else str(value)
+
+
+def _verdicts(reviews: Any) -> dict[frozenset, str]:
+    """{frozenset(ids): verdict} from what `load_reviews` returns (records or a mapping)."""
+    if isinstance(reviews, dict):
+        return {frozenset(ids): (verdict if isinstance(verdict, str) else "not-duplicate")
+                for ids, verdict in reviews.items()}
+    out: dict[frozenset, str] = {}
+    for review in reviews or []:
+        if isinstance(review, dict):
+            out[frozenset(review.get("ids", ()))] = review.get("verdict", "not-duplicate")
+        else:
+            out[frozenset(review)] = "not-duplicate"
+    return out
+
+
+def _load_groups(path: str) -> list[dict[str, Any]]:
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the groups file {path}: {exc}; write it with `imgfeat dedup`") from exc
+    needed = {"group", "id", "path"}
+    if not needed <= set(frame.columns):
+        raise ConfigError(f"{path} lacks columns {sorted(needed - set(frame.columns))}: "
+                          f"not a groups file written by `imgfeat dedup`")
+    groups = []
+    for group_id, members in frame.groupby("group", sort=True):
+        if "is_representative" in members:
+            members = members.sort_values("is_representative", ascending=False, kind="stable")
+        items = [{"id": str(row["id"]), "is_representative": bool(row.get("is_representative", False)),
+                  "score": _score(row.get("score")), **_public_metadata(row)}
+                 for row in members.to_dict("records")]
+        groups.append({"group": group_id.item() if hasattr(group_id, "item") else group_id, "items": items})
+    return groups
