@@ -6,7 +6,6 @@ instance serve the whole module; each costs seconds to start.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 

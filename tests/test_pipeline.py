@@ -1,7 +1,6 @@
 """End-to-end runs with the tiny test models: one row per input, resume, schema, readers, CLI."""
 
 import json
-import shutil
 from pathlib import Path
 
 import duckdb

@@ -22,13 +22,12 @@ from typing import Any, Callable, Sequence
 
 import pyarrow as pa
 
-from .. import __version__
 from ..config import PipelineConfig
 from ..errors import TooManyErrors
 from ..sinks import ParquetSink, Shard
 from ..sources import Item, Source
 from ..stages import Pipeline, ReadDecode
-from .local import RunReport, config_fingerprint, error_kind
+from .local import RunReport, error_kind, manifest_settings
 
 # Test hook: when this variable names an existing file, the first worker to see it deletes it
 # and exits hard (os._exit) before writing its shard, as a killed executor would.
@@ -90,16 +89,7 @@ def plan_run(source: Source, output: str, config: PipelineConfig) -> Plan:
     # the driver loads the models once for their names, digests and schema (the manifest)
     features = cached_pipeline(config).features
     sink = ParquetSink(output, overwrite=config.run.overwrite)
-    settings = {
-        "imgfeat_version": __version__,
-        "config": config.to_dict(),
-        "config_fingerprint": config_fingerprint(config),
-        "source": source.describe(),
-        "models": features.models,
-        "model_digests": features.digests,
-        "schema": [f"{f.name}: {f.type}" for f in features.schema],
-    }
-    todo = sink.plan(items, config.run.shard_size, settings)
+    todo = sink.plan(items, config.run.shard_size, manifest_settings(config, source, features))
     report = RunReport(output=output, inputs=len(items))
     report.skipped = len(items) - sum(len(s.items) for s in todo)
     return Plan(items, sink, todo, report, started)

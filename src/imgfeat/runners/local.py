@@ -79,6 +79,19 @@ def config_fingerprint(config: PipelineConfig) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def manifest_settings(config: PipelineConfig, source: Source, features: Features) -> dict[str, Any]:
+    """What every runner records in the manifest; resume compares part of it."""
+    return {
+        "imgfeat_version": __version__,
+        "config": config.to_dict(),
+        "config_fingerprint": config_fingerprint(config),
+        "source": source.describe(),
+        "models": features.models,
+        "model_digests": features.digests,
+        "schema": [f"{f.name}: {f.type}" for f in features.schema],
+    }
+
+
 def _batches(shards: Sequence[Shard], size: int) -> Iterator[tuple[Shard, list[Item], bool]]:
     """(shard, items, last-batch-of-shard) in order; batches never cross shards."""
     for shard in shards:
@@ -185,16 +198,7 @@ def run_local(source: Source, output: str, config: PipelineConfig,
     features = Features(config)
     features.timer.add("load", time.perf_counter() - loading)  # model load/compile, once per run
     sink = ParquetSink(output, overwrite=run.overwrite)
-    settings = {
-        "imgfeat_version": __version__,
-        "config": config.to_dict(),
-        "config_fingerprint": config_fingerprint(config),
-        "source": source.describe(),
-        "models": features.models,
-        "model_digests": features.digests,
-        "schema": [f"{f.name}: {f.type}" for f in features.schema],
-    }
-    todo = sink.plan(items, run.shard_size, settings)
+    todo = sink.plan(items, run.shard_size, manifest_settings(config, source, features))
     report = RunReport(output=output, inputs=len(items))
     report.skipped = len(items) - sum(len(s.items) for s in todo)
     timer = features.timer
