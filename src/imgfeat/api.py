@@ -42,9 +42,7 @@ def extract(source: str | os.PathLike | Source, output: str | os.PathLike, *,
         >>> report = imgfeat.extract("photos/", "features/", detector="none")  # doctest: +SKIP
         >>> report.ok, report.failed  # doctest: +SKIP
     """
-    if config is not None and options:
-        raise TypeError("give either config= or flat options, not both")
-    config = config or PipelineConfig.from_options(**options)
+    config = PipelineConfig.resolve(config, options)
     if not isinstance(source, Source):
         source = open_source(os.fspath(source), include=include, content_column=content_column,
                              path_column=path_column, id_column=id_column)

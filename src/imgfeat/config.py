@@ -165,6 +165,13 @@ class PipelineConfig:
         return dataclasses.asdict(self)
 
     @classmethod
+    def resolve(cls, config: "PipelineConfig | None", options: dict[str, Any]) -> "PipelineConfig":
+        """The config an entry point was given, or one built from its flat options (not both)."""
+        if config is not None and options:
+            raise TypeError("give either config= or flat options, not both")
+        return config or cls.from_options(**options)
+
+    @classmethod
     def from_options(cls, **options: Any) -> "PipelineConfig":
         """Build from flat keyword options, as the CLI and `imgfeat.extract` take them.
 

@@ -66,9 +66,7 @@ def extract(ds: Any, path_col: str | None = None, content_col: str | None = None
         raise MissingExtra("ray", extra="ray", purpose="imgfeat.ray") from exc
     from .runners.ray_engine import actor_pool, ray_connect
 
-    if config is not None and options:
-        raise TypeError("give either config= or flat options, not both")
-    config = config or PipelineConfig.from_options(**options)
+    config = PipelineConfig.resolve(config, options)
     columns = choose_columns(ds.columns(), path_col, content_col, id_col)
     ray_connect()
     size, cpus = actor_pool(actors, cpus_per_actor)

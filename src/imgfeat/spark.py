@@ -93,9 +93,7 @@ def extract(df: Any, path_col: str | None = None, content_col: str | None = None
         import pyspark  # noqa: F401
     except ImportError as exc:
         raise MissingExtra("pyspark", extra="spark", purpose="imgfeat.spark") from exc
-    if config is not None and options:
-        raise TypeError("give either config= or flat options, not both")
-    config = config or PipelineConfig.from_options(**options)
+    config = PipelineConfig.resolve(config, options)
     columns = choose_columns(df.columns, path_col, content_col, id_col)
     wanted = [c for c in dict.fromkeys((columns.id, columns.path, columns.content)) if c]
     from .runners.spark import quiet_pandas_warning
