@@ -59,7 +59,9 @@ class CenterNetDetector:
         self.digest = self.model.digest
         self.runtime = self.model.describe()
         size = centernet.INPUT_SIZE
-        self.spec = InputSpec(size=(size, size), layout="NHWC", scale=1.0, mean=None, std=None)
+        # plain bilinear, as upstream's TF.js resizeBilinear (no antialiasing)
+        self.spec = InputSpec(size=(size, size), layout="NHWC", scale=1.0, mean=None, std=None,
+                              interpolation="linear")
         self.max_detections = max_detections
 
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
@@ -67,7 +69,7 @@ class CenterNetDetector:
             return []
         # letterbox, as upstream's own inference does: stretching scored lower on real photos
         # and added false positives (docs/models.md)
-        squares, factors = zip(*(letterbox(image, self.spec.size[0]) for image in images))
+        squares, factors = zip(*(letterbox(image, self.spec.size[0], self.spec.interpolation) for image in images))
         batch = np.stack(squares).astype(np.float32)
         outputs = self.model.run(batch, list(self._centernet.OUTPUT_NAMES))
         decoded = self._centernet.decode(outputs, max_detections=self.max_detections)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
-from PIL import Image
+
+from ..errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -20,6 +22,9 @@ class InputSpec:
         layout: "NCHW" or "NHWC".
         scale: multiply uint8 values by this first (1/255 for 0..1 inputs, 1.0 for 0..255).
         mean, std: per-channel normalisation after scaling (None: none).
+        interpolation: "area" (antialiased when shrinking, the look of the PIL resize
+            torchvision models are trained with) or "linear" (plain bilinear, as TensorFlow's
+            resize_bilinear; 4-5x cheaper when shrinking).
     """
 
     size: tuple[int, int]
@@ -27,19 +32,36 @@ class InputSpec:
     scale: float = 1.0 / 255.0
     mean: tuple[float, float, float] | None = IMAGENET_MEAN
     std: tuple[float, float, float] | None = IMAGENET_STD
+    interpolation: str = "area"
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in _INTERPOLATION:
+            raise ConfigError(f"interpolation must be one of {sorted(_INTERPOLATION)}, got {self.interpolation!r}")
 
 
-def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize an H x W x 3 uint8 image to (height, width) with antialiased bilinear filtering."""
+# OpenCV, not Pillow: on 640x480 -> 512x384 Pillow's bilinear costs ~5.6 ms, OpenCV's ~0.5 ms
+# (docs/benchmarks.md); both are correct, and the detector is fed about 10 images/s per core.
+_INTERPOLATION = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
+
+
+def resize(image: np.ndarray, size: tuple[int, int], interpolation: str = "area") -> np.ndarray:
+    """Resize an H x W x 3 uint8 image to (height, width).
+
+    "area" averages the source pixels under each output pixel when shrinking (antialiased)
+    and is bilinear when enlarging; "linear" is bilinear both ways.
+    """
     height, width = size
     if image.shape[0] == height and image.shape[1] == width:
         return image
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    flag = _INTERPOLATION[interpolation]
+    if flag == cv2.INTER_AREA and (height > image.shape[0] or width > image.shape[1]):
+        flag = cv2.INTER_LINEAR  # INTER_AREA enlarges like nearest-neighbour
+    return cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=flag)
 
 
 def to_tensor(images: list[np.ndarray], spec: InputSpec) -> np.ndarray:
     """Resize, scale, normalise and stack images into one float32 batch in the spec's layout."""
-    batch = np.stack([resize(img, spec.size) for img in images]).astype(np.float32)
+    batch = np.stack([resize(img, spec.size, spec.interpolation) for img in images]).astype(np.float32)
     if spec.scale != 1.0:
         batch *= np.float32(spec.scale)
     if spec.mean is not None:
@@ -58,7 +80,7 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
-def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+def letterbox(image: np.ndarray, size: int, interpolation: str = "linear") -> tuple[np.ndarray, float]:
     """Fit an image into a size x size square, aspect kept, anchored top-left, zero padding.
 
     Returns the square and the factor from square pixels back to image pixels; with the
@@ -68,5 +90,5 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     ratio = size / max(height, width)
     new_h, new_w = max(1, round(height * ratio)), max(1, round(width * ratio))
     square = np.zeros((size, size, 3), dtype=np.uint8)
-    square[:new_h, :new_w] = resize(image, (new_h, new_w))
+    square[:new_h, :new_w] = resize(image, (new_h, new_w), interpolation)
     return square, max(height, width) / size
