@@ -66,6 +66,27 @@ def test_codes_are_packed_and_preserve_similarity():
         create_hasher("nope", dim=128, bits=64)
 
 
+@pytest.mark.parametrize("dim, bits, seed", [(1280, 256, 0), (1280, 64, 2), (512, 256, 1), (64, 128, 0)])
+def test_projection_equals_the_full_qr_definition(dim, bits, seed):
+    # codes written before the reduced QR must stay valid: same planes, bit for bit
+    size = max(dim, bits)
+    q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((size, size)))
+    q *= np.sign(np.diag(r))
+    expected = np.ascontiguousarray(q[:dim, :bits], dtype=np.float32)
+    np.testing.assert_array_equal(orthogonal_projection(dim, bits, seed), expected)
+
+
+def test_model_batch_sizes_follow_the_device_unless_set():
+    cpu = PipelineConfig()
+    assert (cpu.detect_batch_size, cpu.embed_batch_size, cpu.chunk_size) == (1, 16, 16)
+    cuda = PipelineConfig.from_options(device="cuda")
+    assert (cuda.detect_batch_size, cuda.embed_batch_size, cuda.chunk_size) == (16, 64, 64)
+    fixed = PipelineConfig.from_options(detect_batch_size=8, embed_batch_size=4, device="cuda")
+    assert (fixed.detect_batch_size, fixed.embed_batch_size, fixed.chunk_size) == (8, 4, 8)
+    with pytest.raises(ConfigError, match="detector batch_size"):
+        PipelineConfig.from_options(detect_batch_size=-1)
+
+
 def test_config_from_flat_options():
     config = PipelineConfig.from_options(batch_size=4, detector="none", embedder="test-tiny",
                                          workers=0, dtype="float16", embed_batch_size=16)
