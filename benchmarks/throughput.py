@@ -8,9 +8,11 @@ Rows, all on the same JPEGs made from samples/ (random crops resized to product-
 sizes, quality 90, fixed seed) and the same default models (CenterNet-MobileNetV3 detector,
 MobileNetV2 embedder):
 
-    model-only    the two networks on tensors already in memory (the ceiling)
+    model-only    the two networks on tensors already in memory (the ceiling), imgfeat's
+                  default runtime and batch sizes
     imgfeat       `imgfeat.extract` from files to Parquet, default settings, fresh output
-    imgfeat-ort   the same with runtime="onnxruntime" (separates runtime gain from pipelining)
+    imgfeat-X     the same with the runtime `auto` did not pick (X = openvino or
+    model-only-X  onnxruntime), to separate what the runtime gives from the pipeline
     naive         PIL open -> resize -> detect -> crop -> embed, one image at a time
     ray           Ray Data: read_binary_files -> map_batches(decode) -> map_batches(actor)
     spark         PySpark local mode: binaryFile -> mapInPandas, model loaded once per worker
@@ -83,16 +85,20 @@ def _letterbox_batch(images: list[np.ndarray], size: int = 512) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- rows
 
-def model_only(paths: list[Path], runtime: str, det_batch: int = 8, emb_batch: int = 32) -> dict:
-    """The detector and embedder networks alone on tensors prepared in memory beforehand."""
+def model_only(paths: list[Path], runtime: str) -> dict:
+    """The detector and embedder networks alone on tensors prepared in memory beforehand,
+    at imgfeat's default batch sizes for the CPU (the ones imgfeat.extract uses)."""
+    from imgfeat.config import PipelineConfig
     from imgfeat.models import create_detector, create_embedder
     from imgfeat.models.preprocess import to_tensor
 
+    config = PipelineConfig()
+    det_batch, emb_batch = config.detect_batch_size, config.embed_batch_size
     detector = create_detector("centernet-mbv3", runtime=runtime)
     embedder = create_embedder("mobilenet-v2", runtime=runtime)
-    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths[:emb_batch]]
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths[:max(det_batch, emb_batch)]]
     det_tensor = _letterbox_batch(images[:det_batch])
-    emb_tensor = to_tensor(images, embedder.spec)
+    emb_tensor = to_tensor(images[:emb_batch], embedder.spec)
     names = ["keypoints", "wh"]
     detector.model.run(det_tensor, names)  # warm-up
     embedder.model.run(emb_tensor)
@@ -106,7 +112,8 @@ def model_only(paths: list[Path], runtime: str, det_batch: int = 8, emb_batch: i
         embedder.model.run(emb_tensor[:n])
     seconds = time.perf_counter() - start
     return {"images": len(paths), "seconds": seconds, "detect_seconds": detect_seconds,
-            "embed_seconds": seconds - detect_seconds, "runtime": embedder.runtime}
+            "embed_seconds": seconds - detect_seconds, "runtime": embedder.runtime,
+            "batch_sizes": [det_batch, emb_batch]}
 
 
 def imgfeat_end_to_end(folder: Path, out: Path, **options) -> dict:
@@ -358,11 +365,16 @@ def main(argv: list[str] | None = None) -> int:
                 rows[name] = {"error": f"{type(exc).__name__}: {exc}"}
             print(f"    {rows[name]}", file=sys.stderr, flush=True)
 
-        step("model-only", lambda: model_only(photos, "auto"))
+        from imgfeat.models.runtimes import openvino_available, resolve_runtime
+
+        chosen = resolve_runtime("auto")  # what imgfeat.extract runs by default here
+        other = {"onnxruntime": "openvino", "openvino": "onnxruntime"}[chosen]
+        step("model-only", lambda: model_only(photos, chosen))
         step("imgfeat", lambda: imgfeat_end_to_end(tmp_path / "photos", tmp_path / "out-imgfeat"))
-        step("imgfeat-ort", lambda: imgfeat_end_to_end(tmp_path / "photos", tmp_path / "out-ort",
-                                                       runtime="onnxruntime"))
-        step("model-only-ort", lambda: model_only(photos, "onnxruntime"))
+        if other == "onnxruntime" or openvino_available():  # the runtime auto did not pick
+            step(f"imgfeat-{other}", lambda: imgfeat_end_to_end(tmp_path / "photos", tmp_path / "out-other",
+                                                                runtime=other))
+            step(f"model-only-{other}", lambda: model_only(photos, other))
         step("naive", lambda: naive_loop(photos, tmp_path / "naive.parquet", args.baseline_runtime))
         for engine, module in (("ray", "ray"), ("spark", "pyspark")):
             if args.skip_engines:
@@ -392,14 +404,16 @@ def ratios(rows: dict) -> dict:
                         ("end_to_end/ray", "ray"), ("end_to_end/spark", "spark")):
         rate = _rate(rows.get(other, {}))
         out[name] = round(e2e / rate, 3) if e2e and rate else None
-    ort, ort_model = _rate(rows.get("imgfeat-ort", {})), _rate(rows.get("model-only-ort", {}))
+    other = next((name[len("imgfeat-"):] for name in rows if name.startswith("imgfeat-")), None)
+    other_e2e, other_model = _rate(rows.get(f"imgfeat-{other}", {})), _rate(rows.get(f"model-only-{other}", {}))
     row = rows.get("imgfeat", {})
     load = row.get("stage_seconds", {}).get("load") if e2e else None
     model = _rate(rows.get("model-only", {}))
     if load is not None and model:
         out["end_to_end_without_model_load/model_only"] = round(
             row["images"] / (row["seconds"] - load) / model, 3)
-    out["end_to_end_ort/model_only_ort"] = round(ort / ort_model, 3) if ort and ort_model else None
+    if other:
+        out[f"end_to_end_{other}/model_only_{other}"] = round(other_e2e / other_model, 3) if other_e2e and other_model else None
     one, five = rows.get("rss-1x", {}), rows.get("rss-5x", {})
     if "peak_rss_tree_mb" in one and "peak_rss_tree_mb" in five:
         out["rss_5x/1x"] = round(five["peak_rss_tree_mb"] / one["peak_rss_tree_mb"], 3)

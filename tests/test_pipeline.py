@@ -141,6 +141,21 @@ def test_worker_processes_give_the_same_rows(mixed_folder, tmp_path):
     assert {"read", "decode", "detect", "embed", "write"} <= set(pooled.stage_seconds)
 
 
+def test_inference_streams_keep_rows_in_order(mixed_folder, tmp_path):
+    # several batches in inference at once must still write each shard in input order
+    options = {**FAST_MODELS, "shard_size": 5, "batch_size": 2}
+    imgfeat.extract(mixed_folder, tmp_path / "one", streams=1, **options)
+    report = imgfeat.extract(mixed_folder, tmp_path / "three", streams=3, **{**options, "workers": 1})
+    one = sorted((tmp_path / "one").glob("part-*.parquet"))
+    three = sorted((tmp_path / "three").glob("part-*.parquet"))
+    assert [p.name for p in one] == [p.name for p in three] and len(one) >= 3
+    for a, b in zip(one, three):
+        pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b))
+    assert report.processed == len(files_in(mixed_folder))
+    with open(tmp_path / "three" / "_manifest.json") as fh:
+        assert json.load(fh)["config"]["run"]["streams"] == 3
+
+
 def test_limit_and_error_ratio(mixed_folder, tmp_path):
     report = imgfeat.extract(mixed_folder, tmp_path / "lim", limit=4, **FAST_MODELS)
     assert report.inputs == 4 and len(pd.read_parquet(tmp_path / "lim")) == 4

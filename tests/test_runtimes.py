@@ -14,7 +14,7 @@ from imgfeat.config import PipelineConfig, RunConfig
 from imgfeat.errors import ConfigError
 from imgfeat.models import centernet, create_detector, create_embedder
 from imgfeat.models.runtimes import (
-    OnnxModel, create_runtime, openvino_available, resolve_runtime,
+    OnnxModel, create_runtime, openvino_available, openvino_has_bf16, resolve_runtime,
 )
 
 from conftest import SAMPLES
@@ -25,7 +25,7 @@ needs_openvino = pytest.mark.skipif(not openvino_available(), reason="openvino n
 
 def test_resolve_runtime_choices():
     assert resolve_runtime("onnxruntime") == "onnxruntime"
-    assert resolve_runtime("auto") == ("openvino" if openvino_available() else "onnxruntime")
+    assert resolve_runtime("auto") == ("openvino" if openvino_has_bf16() else "onnxruntime")
     assert resolve_runtime("auto", "cuda") == "onnxruntime"
     with pytest.raises(ConfigError, match="unknown runtime"):
         resolve_runtime("tensorrt")
@@ -66,6 +66,22 @@ def test_openvino_dynamic_batch_matches_onnxruntime_on_raw_tensors():
     first = model.run(batch[:1], names)[0]
     model.run(batch[1:2], names)
     assert not np.array_equal(first, model.run(batch[1:2], names)[0])  # outputs are copies
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", pytest.param("openvino", marks=needs_openvino)])
+def test_runtimes_serve_concurrent_callers(runtime):
+    # the local runner's inference streams share one model: calls from several threads
+    # at once must each get their own input's result
+    from concurrent.futures import ThreadPoolExecutor
+
+    embedder = create_embedder("mobilenet-v2", runtime=runtime, threads=1)
+    rng = np.random.default_rng(1)
+    batches = [rng.uniform(-2, 2, (2, 3, 224, 224)).astype(np.float32) for _ in range(6)]
+    expected = [embedder.model.run(b)[0] for b in batches]
+    with ThreadPoolExecutor(3) as pool:
+        got = list(pool.map(lambda b: embedder.model.run(b)[0], batches * 2))
+    for i, result in enumerate(got):
+        np.testing.assert_allclose(result, expected[i % len(batches)], rtol=1e-5, atol=1e-5)
 
 
 @needs_openvino

@@ -47,14 +47,15 @@ class DetectConfig:
         score_threshold: detections below it are ignored.
         select: "score" keeps the highest score; "score_area" weighs score by box area.
         margin: fraction of the box size added on each side of the crop.
-        batch_size: images per detector call.
+        batch_size: images per detector call; 0 picks one for the device
+            (`PipelineConfig.detect_batch_size`).
     """
 
     model: str = "centernet-mbv3"
     score_threshold: float = 0.3
     select: str = "score"
     margin: float = 0.05
-    batch_size: int = 8
+    batch_size: int = 0
 
     def __post_init__(self) -> None:
         if self.select not in ("score", "score_area"):
@@ -63,8 +64,9 @@ class DetectConfig:
             raise ConfigError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
         if not 0.0 <= self.margin <= 1.0:
             raise ConfigError(f"margin must be in [0, 1], got {self.margin}")
-        if self.batch_size < 1:
-            raise ConfigError(f"detector batch_size must be >= 1, got {self.batch_size}")
+        if self.batch_size < 0:
+            raise ConfigError(f"detector batch_size must be >= 1 (or 0 for the device's default), "
+                              f"got {self.batch_size}")
 
     @property
     def enabled(self) -> bool:
@@ -82,7 +84,8 @@ class EmbedConfig:
             hash file written by `imgfeat train-hash`.
         code_bits: bits of the binary code (a multiple of 8).
         seed: seed of the projection.
-        batch_size: crops per embedder call.
+        batch_size: crops per embedder call; 0 picks one for the device
+            (`PipelineConfig.embed_batch_size`).
     """
 
     model: str = "mobilenet-v2"
@@ -90,21 +93,37 @@ class EmbedConfig:
     hasher: str = "rproj"
     code_bits: int = 256
     seed: int = 0
-    batch_size: int = 32
+    batch_size: int = 0
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "float16"):
             raise ConfigError(f"dtype must be 'float32' or 'float16', got {self.dtype!r}")
         if self.code_bits <= 0 or self.code_bits % 8:
             raise ConfigError(f"code_bits must be a positive multiple of 8, got {self.code_bits}")
-        if self.batch_size < 1:
-            raise ConfigError(f"embedder batch_size must be >= 1, got {self.batch_size}")
+        if self.batch_size < 0:
+            raise ConfigError(f"embedder batch_size must be >= 1 (or 0 for the device's default), "
+                              f"got {self.batch_size}")
+
+
+# Model batch sizes when the config says 0, by device: (detector, embedder). On CPU the
+# 512x512 detector is fastest one image at a time (its activations for larger batches fall
+# out of cache: batch 1 ran 1.15-1.3x faster than batch 8) and the embedder at 8-16
+# (benchmarks/batch_sizes.py, docs/benchmarks.md). The CUDA values are the usual GPU
+# starting points, not measured on a GPU by this project yet.
+DEFAULT_BATCH_SIZES = {"cpu": (1, 16), "cuda": (16, 64)}
 
 
 def default_workers() -> int:
     """Decode processes: leave the inference runtime most of a small machine."""
     cores = os.cpu_count() or 1
     return max(1, min(cores // 2, 16))
+
+
+def default_streams() -> int:
+    """Inference streams: three wherever there are two cores or more, so the networks never
+    wait for the Python between them. On 2 cores, 150 photos, median of 3 interleaved runs:
+    1 stream x 2 threads 9.3 img/s, 2 x 1 9.7-9.9, 3 x 1 10.2-10.4, 4 x 1 9.8."""
+    return 3 if (os.cpu_count() or 1) >= 2 else 1
 
 
 @dataclass(frozen=True)
@@ -116,9 +135,13 @@ class RunConfig:
         shard_size: images per output Parquet file (the unit of resume).
         limit: process only the first N inputs (after sorting), 0 for all.
         device: "cpu" or "cuda".
-        runtime: "auto" (the fastest installed: OpenVINO on CPU when importable, else
+        runtime: "auto" (OpenVINO on CPUs with native bf16, where it is ~2x faster, else
             onnxruntime; onnxruntime's CUDA provider on "cuda"), "onnxruntime" or "openvino".
-        threads: inference threads; 0 lets the runtime decide.
+        threads: inference threads per stream; 0: the cores shared out among the streams
+            (with one stream, the runtime's own default: every core).
+        streams: batches in inference at once, each on its own thread, so one batch's
+            letterbox, box decoding and cropping run while another is in the networks;
+            0 picks `default_streams()`. The local runner only: engines run one per task.
         overwrite: delete an existing output first.
         max_error_ratio: fail the run when more than this share of images fail (1.0 never fails).
         progress: show a progress bar.
@@ -130,6 +153,7 @@ class RunConfig:
     device: str = "cpu"
     runtime: str = "auto"
     threads: int = 0
+    streams: int = 0
     overwrite: bool = False
     max_error_ratio: float = 1.0
     progress: bool = True
@@ -137,6 +161,10 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        if self.streams < 0:
+            raise ConfigError(f"streams must be >= 1 (or 0 for the default), got {self.streams}")
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 1 (or 0 for the default), got {self.threads}")
         if self.shard_size < 1:
             raise ConfigError(f"shard_size must be >= 1, got {self.shard_size}")
         if self.limit < 0:
@@ -163,6 +191,34 @@ class PipelineConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def detect_batch_size(self) -> int:
+        """Images per detector call: the configured value, else the device's default."""
+        return self.detect.batch_size or DEFAULT_BATCH_SIZES[self.run.device][0]
+
+    @property
+    def embed_batch_size(self) -> int:
+        """Crops per embedder call: the configured value, else the device's default."""
+        return self.embed.batch_size or DEFAULT_BATCH_SIZES[self.run.device][1]
+
+    @property
+    def inference_streams(self) -> int:
+        """Batches the local runner keeps in inference at once."""
+        return self.run.streams or default_streams()
+
+    @property
+    def inference_threads(self) -> int:
+        """Threads per inference stream; 0 leaves the choice to the runtime (every core)."""
+        if self.run.threads or self.inference_streams == 1:
+            return self.run.threads
+        return max(1, (os.cpu_count() or 1) // self.inference_streams)
+
+    @property
+    def chunk_size(self) -> int:
+        """Images per pipeline batch (a decode task, an engine batch): enough to fill both
+        models' batches."""
+        return max(self.detect_batch_size, self.embed_batch_size)
 
     @classmethod
     def resolve(cls, config: "PipelineConfig | None", options: dict[str, Any]) -> "PipelineConfig":

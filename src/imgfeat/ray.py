@@ -73,7 +73,7 @@ def extract(ds: Any, path_col: str | None = None, content_col: str | None = None
     return ds.map_batches(
         FeatureActor, fn_constructor_kwargs={"config": config, "columns": columns,
                                              "threads": max(1, int(cpus))},
-        batch_size=config.detect.batch_size, batch_format="pyarrow",
+        batch_size=config.chunk_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=size), num_cpus=cpus)
 
 

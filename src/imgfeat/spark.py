@@ -52,7 +52,7 @@ def _batch_function(config: PipelineConfig, columns: TableColumns) -> Callable:
 
         context = TaskContext.get()
         task_config = with_threads(config, context.cpus() if context else 1)
-        size = max(config.detect.batch_size, 1)
+        size = config.chunk_size
         for batch in batches:
             for start in range(0, batch.num_rows, size):
                 table = table_features(pa.Table.from_batches([batch.slice(start, size)]), task_config, columns)

@@ -9,6 +9,7 @@ A failed read or decode travels as a Decoded with `error`; it becomes an error r
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -37,17 +38,21 @@ class DecodedItem:
 
 
 class StageTimer:
-    """Seconds spent per stage, summed over batches (reported by every runner)."""
+    """Seconds spent per stage, summed over batches (reported by every runner). Safe to
+    add to from several threads (the inference streams, the writer)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self._lock = threading.Lock()
 
     def add(self, stage: str, seconds: float) -> None:
-        self.seconds[stage] += seconds
+        with self._lock:
+            self.seconds[stage] += seconds
 
     def merge(self, other: dict[str, float]) -> None:
-        for stage, seconds in other.items():
-            self.seconds[stage] += seconds
+        with self._lock:
+            for stage, seconds in other.items():
+                self.seconds[stage] += seconds
 
 
 def decode_contents(items: Sequence[Item], contents: Sequence[bytes | None], errors: Sequence[str | None],
@@ -81,12 +86,14 @@ class Features:
     """Detect the main object, crop, embed and hash a batch of decoded images.
 
     Loads the detector, embedder and hasher once in `__init__`; call it on any number of
-    batches. Returns a table in the output schema, one row per input, errors included.
+    batches, from several threads at once (the local runner's inference streams: the
+    runtimes' sessions are safe to share). Returns a table in the output schema, one row
+    per input, errors included.
     """
 
     def __init__(self, config: PipelineConfig):
         self.config = config
-        kwargs = {"device": config.run.device, "threads": config.run.threads, "runtime": config.run.runtime}
+        kwargs = {"device": config.run.device, "threads": config.inference_threads, "runtime": config.run.runtime}
         self.detector = create_detector(config.detect.model, **kwargs) if config.detect.enabled else None
         self.embedder = create_embedder(config.embed.model, **kwargs)
         self.hasher = create_hasher(config.embed.hasher, self.embedder.dim, config.embed.code_bits,
@@ -112,7 +119,7 @@ class Features:
     def detect(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Detections per image, in that image's pixels, in detector-sized batches."""
         assert self.detector is not None
-        size = self.config.detect.batch_size
+        size = self.config.detect_batch_size
         out: list[np.ndarray] = []
         for i in range(0, len(images), size):
             out.extend(self.detector(images[i:i + size]))
@@ -120,7 +127,7 @@ class Features:
 
     def embed(self, crops: list[np.ndarray]) -> np.ndarray:
         """L2-normalised embeddings of the crops, in embedder-sized batches."""
-        size = self.config.embed.batch_size
+        size = self.config.embed_batch_size
         parts = [self.embedder(crops[i:i + size]) for i in range(0, len(crops), size)]
         return np.concatenate(parts) if parts else np.zeros((0, self.embedder.dim), np.float32)
 

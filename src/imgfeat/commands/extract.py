@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from ..config import DecodeConfig, DetectConfig, EmbedConfig, RunConfig, default_workers
+from ..config import DEFAULT_BATCH_SIZES, DecodeConfig, DetectConfig, EmbedConfig, RunConfig, default_workers
 
 EPILOG_EXTRACT = """\
 SOURCE may be a folder (recursive), a glob ('photos/**/*.jpg', quoted), a list file
@@ -65,13 +65,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--master", help="with --engine spark: the Spark master URL (default local[*] or $MASTER)")
     g.add_argument("--address", help="with --engine ray: the Ray cluster address (default local, or $RAY_ADDRESS)")
     g.add_argument("--batch-size", type=int, default=None,
-                   help=f"images per model call (default: detector {d_det.batch_size}, embedder {d_emb.batch_size})")
+                   help="images per call of both models (default per device, detector/embedder: " +
+                        ", ".join(f"{d} {a}/{b}" for d, (a, b) in DEFAULT_BATCH_SIZES.items()) + ")")
     g.add_argument("--workers", type=int, default=None,
                    help=f"decode processes (default {default_workers()} here; 0 = in the main process)")
     g.add_argument("--threads", type=int, default=0, help="inference threads (default: all cores)")
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="inference device")
     g.add_argument("--runtime", choices=("auto", "onnxruntime", "openvino"), default="auto",
-                   help="inference runtime (default auto: OpenVINO on CPU when installed, else onnxruntime)")
+                   help="inference runtime (default auto: OpenVINO on CPUs with native bf16, else onnxruntime)")
     g.add_argument("--shard-size", type=int, default=d_run.shard_size,
                    help=f"images per output file, the unit of resume (default {d_run.shard_size})")
     g.add_argument("--max-error-ratio", type=float, default=1.0,

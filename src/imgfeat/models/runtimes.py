@@ -1,7 +1,7 @@
 """Inference runtimes: one ONNX file, run by onnxruntime or by OpenVINO.
 
     create_runtime(path, runtime="auto", device="cpu", threads=0) -> OnnxModel | OpenVinoModel
-    resolve_runtime("auto", "cpu") -> "openvino" when it is importable, else "onnxruntime"
+    resolve_runtime("auto", "cpu") -> "openvino" on CPUs with native bf16, else "onnxruntime"
 
 Both wrappers have the same small interface: `input_name`, `input_shape`, `output_names`,
 `fixed_batch`, `digest`, `describe()` and `run(batch, output_names) -> list[np.ndarray]`.
@@ -11,8 +11,10 @@ OpenVINO reads the ONNX file directly; nothing is converted on disk.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -41,12 +43,25 @@ def openvino_available() -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=1)
+def openvino_has_bf16() -> bool:
+    """True when OpenVINO is installed and this CPU computes in bf16 natively (AVX-512 BF16
+    or AMX): there OpenVINO's default precision is bf16 and it runs CNNs ~2x faster than
+    onnxruntime fp32. On AVX2-only CPUs both run fp32 and onnxruntime was as fast or faster."""
+    if not openvino_available():
+        return False
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 def resolve_runtime(runtime: str, device: str = "cpu") -> str:
     """The concrete runtime for a `--runtime` choice on a device.
 
-    "auto" is the fastest available: OpenVINO on CPU when it is installed (measured 1.3-2x
-    onnxruntime on the default models, docs/benchmarks.md), otherwise onnxruntime; on
-    "cuda" it is always onnxruntime (CUDA execution provider).
+    "auto" is the fastest one measured for the CPU: OpenVINO where the CPU has native bf16
+    (about 2x onnxruntime on CNNs there), otherwise onnxruntime (on an AVX2 CPU it ran the
+    default detector 1.16x and the embedder 1.13x faster than OpenVINO fp32,
+    benchmarks/batch_sizes.py); on "cuda" it is always onnxruntime (CUDA execution provider).
 
     Raises:
         ConfigError: an unknown runtime, or openvino asked for with device "cuda".
@@ -60,7 +75,7 @@ def resolve_runtime(runtime: str, device: str = "cpu") -> str:
                               "onnxruntime (or auto) with it, or --device cpu for OpenVINO")
         return "onnxruntime"
     if runtime == "auto":
-        return "openvino" if openvino_available() else "onnxruntime"
+        return "openvino" if openvino_has_bf16() else "onnxruntime"
     if runtime == "openvino" and not openvino_available():
         raise MissingExtra("openvino", extra="openvino", purpose="--runtime openvino")
     return runtime
@@ -90,6 +105,11 @@ class OnnxModel:
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # no spin-waiting between operators: in the pipeline the decode workers and the other
+        # inference stream need those cycles (spinning cut end-to-end throughput by a third
+        # on 2 cores; the networks alone run as fast without it)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise MissingExtra("onnxruntime-gpu", extra="gpu",
@@ -194,7 +214,7 @@ class OpenVinoModel:
         if precision:
             properties["INFERENCE_PRECISION_HINT"] = precision
         self.compiled = core.compile_model(model, "CPU", properties)
-        self.request = self.compiled.create_infer_request()
+        self._requests = threading.local()  # an infer request serves one call at a time
         self._input_names = [p.get_any_name() for p in self.compiled.inputs]
         self._outputs = {p.get_any_name(): p for p in self.compiled.outputs}
         self._input_shape = [d.get_length() if d.is_static else None
@@ -231,8 +251,12 @@ class OpenVinoModel:
         return f"openvino {self._version} CPU {self.precision}"
 
     def run(self, batch: np.ndarray, output_names: list[str] | None = None) -> list[np.ndarray]:
-        """Run one batch (any size); outputs are copies, safe to keep across calls."""
-        results = self.request.infer({self.input_name: np.ascontiguousarray(batch)})
+        """Run one batch (any size); outputs are copies, safe to keep across calls. Safe to
+        call from several threads: each thread has its own infer request."""
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._requests.request = self.compiled.create_infer_request()
+        results = request.infer({self.input_name: np.ascontiguousarray(batch)})
         names = output_names or self.output_names
         return [np.array(results[self._outputs[name]], copy=True) for name in names]
 

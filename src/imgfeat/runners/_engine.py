@@ -50,11 +50,13 @@ def cached_pipeline(config: PipelineConfig) -> Pipeline:
 
 
 def with_threads(config: PipelineConfig, threads: int) -> PipelineConfig:
-    """`config` with `threads` inference threads when the user left it at 0 (runtime default):
-    several engine workers on one machine must not each take every core."""
-    if config.run.threads or threads <= 0:
-        return config
-    return dataclasses.replace(config, run=dataclasses.replace(config.run, threads=threads))
+    """`config` for one engine task: one inference stream (the engine runs tasks side by
+    side), with `threads` inference threads when the user left it at 0: several engine
+    workers on one machine must not each take every core."""
+    run = dataclasses.replace(config.run, streams=1)
+    if not config.run.threads and threads > 0:
+        run = dataclasses.replace(run, threads=threads)
+    return dataclasses.replace(config, run=run)
 
 
 def reader_of(source: Source) -> Source:
@@ -148,7 +150,7 @@ class ShardTask:
         before = dict(features.timer.seconds)
         extra: dict[str, float] = {}
         pieces, errors = [], {}
-        size = max(self.config.detect.batch_size, 1)
+        size = self.config.chunk_size
         for start in range(0, len(shard.items), size):
             decoded, seconds = read_decode(shard.items[start:start + size])
             for stage, value in seconds.items():

@@ -1,11 +1,13 @@
-"""The local runner: one machine, three overlapping stages.
+"""The local runner: one machine, overlapping stages.
 
-    worker processes: read + decode batch n+2, n+1 ...   (bounded number in flight)
-    main thread:      detect + crop + embed + hash batch n
-    writer thread:    Parquet shard k-1                   (bounded queue)
+    worker processes:  read + decode batch n+3, n+2 ...      (bounded number in flight)
+    inference threads: detect + crop + embed + hash batches n+1 and n (`streams` of them:
+                       one batch's Python work runs while the other is in the networks)
+    main thread:       collects results in order, counts errors, reports progress
+    writer thread:     Parquet shard k-1                      (bounded queue)
 
-Memory stays flat: at most `2 * workers + 2` decoded batches and two finished shards
-exist at any time, whatever the number of inputs.
+Memory stays flat: at most `2 * workers + 2` decoded batches, `streams` batches in
+inference and two finished shards exist at any time, whatever the number of inputs.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import multiprocessing
 import queue
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -99,6 +101,19 @@ def _batches(shards: Sequence[Shard], size: int) -> Iterator[tuple[Shard, list[I
             yield shard, shard.items[start:start + size], start + size >= len(shard.items)
 
 
+def _in_order(jobs: Iterator[Any], submit: Callable[[Any], Future], depth: int) -> Iterator[tuple[Any, Any]]:
+    """(job, result) in job order, keeping up to `depth` jobs submitted ahead of the consumer."""
+    pending: collections.deque[tuple[Any, Future]] = collections.deque()
+    for job in jobs:
+        pending.append((job, submit(job)))
+        if len(pending) >= depth:
+            done, future = pending.popleft()
+            yield done, future.result()
+    while pending:
+        done, future = pending.popleft()
+        yield done, future.result()
+
+
 class _Decoder:
     """Submits decode batches ahead of the consumer and yields them in order."""
 
@@ -110,6 +125,7 @@ class _Decoder:
             context = multiprocessing.get_context("forkserver")
             self.pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                                             initargs=(stage,))
+            self.pool.submit(int)  # start the workers now, while the models load
 
     def map(self, batches: Iterator[tuple[Shard, list[Item], bool]]
             ) -> Iterator[tuple[Shard, bool, list[DecodedItem], dict[str, float]]]:
@@ -118,15 +134,10 @@ class _Decoder:
                 decoded, seconds = self.stage(items)
                 yield shard, last, decoded, seconds
             return
-        pending: collections.deque[tuple[Shard, bool, Future]] = collections.deque()
-        for shard, items, last in batches:
-            pending.append((shard, last, self.pool.submit(_decode_in_worker, items)))
-            if len(pending) >= self.prefetch:
-                shard_, last_, future = pending.popleft()
-                yield shard_, last_, *future.result()
-        while pending:
-            shard_, last_, future = pending.popleft()
-            yield shard_, last_, *future.result()
+        pool = self.pool
+        for (shard, _, last), (decoded, seconds) in _in_order(
+                batches, lambda job: pool.submit(_decode_in_worker, job[1]), self.prefetch):
+            yield shard, last, decoded, seconds
 
     def close(self) -> None:
         if self.pool is not None:
@@ -194,11 +205,16 @@ def run_local(source: Source, output: str, config: PipelineConfig,
     items = source.list()
     if run.limit:
         items = items[:run.limit]
-    loading = time.perf_counter()
-    features = Features(config)
-    features.timer.add("load", time.perf_counter() - loading)  # model load/compile, once per run
-    sink = ParquetSink(output, overwrite=run.overwrite)
-    todo = sink.plan(items, run.shard_size, manifest_settings(config, source, features))
+    decoder = _Decoder(ReadDecode(source, config.decode), run.workers, prefetch=2 * run.workers + 2)
+    try:
+        loading = time.perf_counter()
+        features = Features(config)
+        features.timer.add("load", time.perf_counter() - loading)  # model load/compile, once per run
+        sink = ParquetSink(output, overwrite=run.overwrite)
+        todo = sink.plan(items, run.shard_size, manifest_settings(config, source, features))
+    except BaseException:
+        decoder.close()
+        raise
     report = RunReport(output=output, inputs=len(items))
     report.skipped = len(items) - sum(len(s.items) for s in todo)
     timer = features.timer
@@ -206,15 +222,18 @@ def run_local(source: Source, output: str, config: PipelineConfig,
     if on_progress:
         on_progress(0, 0, todo_count)
 
-    batch_size = max(config.detect.batch_size, 1)
-    decoder = _Decoder(ReadDecode(source, config.decode), run.workers, prefetch=2 * run.workers + 2)
+    streams: Executor = ThreadPoolExecutor(config.inference_streams, thread_name_prefix="imgfeat-infer")
     writer = _Writer(sink, timer)
     writer.start()
     pieces: list[pa.Table] = []
+
+    def infer(job: tuple[Shard, bool, list[DecodedItem], dict[str, float]]) -> Future:
+        timer.merge(job[3])
+        return streams.submit(features, job[2])
+
     try:
-        for shard, last, decoded, seconds in decoder.map(_batches(todo, batch_size)):
-            timer.merge(seconds)
-            table = features(decoded)
+        decoded_batches = decoder.map(_batches(todo, config.chunk_size))
+        for (shard, last, _, _), table in _in_order(decoded_batches, infer, config.inference_streams):
             pieces.append(table)
             failed = [r for r in table.column("error").to_pylist() if r is not None]
             for reason in failed:
@@ -228,6 +247,7 @@ def run_local(source: Source, output: str, config: PipelineConfig,
                 writer.put(shard, pa.concat_tables(pieces))
                 pieces = []
     finally:
+        streams.shutdown(wait=True, cancel_futures=True)
         decoder.close()
         writer.close()
     report.ok = report.processed - report.failed
