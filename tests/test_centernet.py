@@ -60,6 +60,22 @@ def test_decode_synthetic():
 
 # ------------------------------------------------------- ONNX on real photos
 
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("floor", [0.05, 0.3, 0.9])
+def test_threshold_gives_the_full_decoding_filtered(seed, floor):
+    # the thresholded path looks only at values >= floor; it must return exactly the rows
+    # of the full top-k decoding that reach the floor, ties and borders included
+    rng = np.random.default_rng(seed)
+    heat = rng.random((2, 32, 32, 80), dtype=np.float32) ** 6
+    heat[0, 0, 0, 3] = heat[0, 0, 1, 3] = 0.95  # a tie on the border
+    wh = rng.uniform(0, 20, (2, 32, 32, 4)).astype(np.float32)
+    full = centernet.decode([heat, wh], max_detections=100)
+    cut = centernet.decode([heat, wh], max_detections=100, score_threshold=floor)
+    for f, c in zip(full, cut):
+        np.testing.assert_array_equal(c, f[f[:, 4] >= floor])
+    assert sum(len(c) for c in cut) > 0
+
+
 def _letterbox(path: Path) -> tuple[np.ndarray, float]:
     from PIL import Image
 

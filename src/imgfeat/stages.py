@@ -95,6 +95,8 @@ class Features:
         self.config = config
         kwargs = {"device": config.run.device, "threads": config.inference_threads, "runtime": config.run.runtime}
         self.detector = create_detector(config.detect.model, **kwargs) if config.detect.enabled else None
+        if hasattr(self.detector, "min_score"):  # it may skip what select_main would ignore
+            self.detector.min_score = config.detect.score_threshold
         self.embedder = create_embedder(config.embed.model, **kwargs)
         self.hasher = create_hasher(config.embed.hasher, self.embedder.dim, config.embed.code_bits,
                                     config.embed.seed)

@@ -168,11 +168,12 @@ class OpenVinoModel:
     Args:
         path: the .onnx file (read directly, no conversion step).
         device: "cpu" only (the GPU path is onnxruntime's CUDA provider).
-        threads: inference threads; 0 lets OpenVINO use every core.
-        hint: "LATENCY" (one stream using every thread: best when, as in imgfeat's runners,
-            one batch is in flight at a time) or "THROUGHPUT" (several streams, for many
-            concurrent requests).
-        streams: number of streams; 0 lets the hint decide.
+        threads: inference threads per call; 0 lets one call use every core. With a
+            number, the model gets as many OpenVINO streams as the cores hold, so calls from
+            several threads (the local runner's inference streams) run side by side.
+        hint: "LATENCY" (one stream using every thread: best for one call at a time) or
+            "THROUGHPUT" (several streams, for many concurrent requests).
+        streams: number of OpenVINO streams; 0 lets `threads` and the hint decide.
         precision: inference precision hint ("f32", "bf16", "f16"); None keeps OpenVINO's
             default for the CPU (bf16 where the CPU has AVX-512-BF16/AMX, f32 otherwise).
 
@@ -208,7 +209,8 @@ class OpenVinoModel:
             model.reshape(shapes)
         properties: dict[str, object] = {"PERFORMANCE_HINT": hint}
         if threads:
-            properties["INFERENCE_NUM_THREADS"] = int(threads)
+            streams = streams or max(1, (os.cpu_count() or 1) // threads)
+            properties["INFERENCE_NUM_THREADS"] = int(threads) * streams
         if streams:
             properties["NUM_STREAMS"] = int(streams)
         if precision:
