@@ -19,8 +19,9 @@ MobileNetV2 embedder):
     rss 1x / 5x   peak memory of the imgfeat run at two dataset sizes (subprocesses)
 
 The baselines are written the plain way and do not use imgfeat's runner; they reuse its
-model classes (same networks, same letterbox, same CenterNet decoding) with onnxruntime,
-the runtime such code would load (--baseline-runtime changes it). Ray and Spark run in
+model classes (same networks, same letterbox, same CenterNet decoding from the same score
+floor) at imgfeat's batch sizes for the CPU, with onnxruntime (--baseline-runtime changes
+it): they differ from imgfeat in the runner only. Ray and Spark run in
 subprocesses; their start-up (ray.init, SparkSession) is reported apart, not timed.
 Results: a table on stdout and benchmarks/results/throughput.json.
 """
@@ -155,10 +156,7 @@ def naive_loop(paths: list[Path], out: Path, runtime: str) -> dict:
     """One image at a time: open, resize, detect, crop, embed (the Beam-tutorial shape)."""
     import pandas as pd
 
-    from imgfeat.models import create_detector, create_embedder
-
-    detector = create_detector("centernet-mbv3", runtime=runtime)
-    embedder = create_embedder("mobilenet-v2", runtime=runtime)
+    detector, embedder = _baseline_models(runtime)
     rows = []
     start = time.perf_counter()
     for path in paths:
@@ -170,19 +168,33 @@ def naive_loop(paths: list[Path], out: Path, runtime: str) -> dict:
     return {"images": len(paths), "seconds": time.perf_counter() - start, "runtime": embedder.runtime}
 
 
+def _baseline_models(runtime: str, threads: int = 0) -> tuple:
+    """imgfeat's detector and embedder as a baseline uses them: with the same score floor for
+    CenterNet's decoding that imgfeat's pipeline sets, so only the runner differs."""
+    from imgfeat.models import create_detector, create_embedder
+
+    detector = create_detector("centernet-mbv3", runtime=runtime, threads=threads)
+    detector.min_score = SCORE_THRESHOLD
+    return detector, create_embedder("mobilenet-v2", runtime=runtime, threads=threads)
+
+
 class _Featurizer:
-    """Ray actor / Spark worker body: models loaded once, then batch after batch."""
+    """Ray actor / Spark worker body: models loaded once, then batch after batch, each model
+    called at imgfeat's batch sizes for the CPU (the fastest measured), not at the engine's."""
 
     def __init__(self, runtime: str, threads: int = 0):
-        from imgfeat.models import create_detector, create_embedder
+        from imgfeat.config import PipelineConfig
 
-        self.detector = create_detector("centernet-mbv3", runtime=runtime, threads=threads)
-        self.embedder = create_embedder("mobilenet-v2", runtime=runtime, threads=threads)
+        self.detector, self.embedder = _baseline_models(runtime, threads)
+        config = PipelineConfig()
+        self.det_batch, self.emb_batch = config.detect_batch_size, config.embed_batch_size
 
     def features(self, images: list[np.ndarray]) -> np.ndarray:
-        detections = self.detector(images)
+        detections = [d for i in range(0, len(images), self.det_batch)
+                      for d in self.detector(images[i:i + self.det_batch])]
         crops = [_main_crop(image, dets) for image, dets in zip(images, detections)]
-        return self.embedder(crops)
+        return np.concatenate([self.embedder(crops[i:i + self.emb_batch])
+                               for i in range(0, len(crops), self.emb_batch)])
 
 
 def _decode_bytes(content: bytes) -> np.ndarray:

@@ -73,8 +73,10 @@ class CenterNetDetector:
             return []
         # letterbox, as upstream's own inference does: stretching scored lower on real photos
         # and added false positives (docs/models.md)
-        squares, factors = zip(*(letterbox(image, self.spec.size[0], self.spec.interpolation) for image in images))
-        batch = np.stack(squares).astype(np.float32)
+        size = self.spec.size[0]
+        batch = np.zeros((len(images), size, size, 3), dtype=np.float32)  # filled in place
+        factors = [letterbox(image, size, self.spec.interpolation, out=slot)[1]
+                   for image, slot in zip(images, batch)]
         outputs = self.model.run(batch, list(self._centernet.OUTPUT_NAMES))
         decoded = self._centernet.decode(outputs, max_detections=self.max_detections,
                                          score_threshold=self.min_score or None)
