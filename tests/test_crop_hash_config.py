@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -123,3 +125,15 @@ def test_public_api_is_pinned():
     ])
     for name in imgfeat.__all__:
         assert hasattr(imgfeat, name), name
+
+
+def test_query_configs_use_one_stream_with_every_core():
+    # search and serve embed one batch at a time: the extraction's streams must not leave
+    # them one thread per call
+    from imgfeat.search import query_config
+    from imgfeat.serve.service import ServeConfig, pipeline_config_for
+
+    extracted = PipelineConfig.from_options(streams=3, detector="test-blob", embedder="test-tiny").to_dict()
+    for config in (query_config(extracted), pipeline_config_for(extracted, ServeConfig())):
+        assert config.inference_streams == 1 and config.inference_threads == 0
+    assert PipelineConfig.from_options(streams=3).inference_threads == max(1, (os.cpu_count() or 1) // 3)

@@ -131,7 +131,7 @@ def test_refuses_a_foreign_non_empty_folder(blob_folder, tmp_path):
     assert (out / "important.txt").exists()
 
 
-def test_worker_processes_give_the_same_rows(mixed_folder, tmp_path):
+def test_decode_threads_give_the_same_rows(mixed_folder, tmp_path):
     inline = imgfeat.extract(mixed_folder, tmp_path / "a", shard_size=4, **FAST_MODELS)
     pooled = imgfeat.extract(mixed_folder, tmp_path / "b", shard_size=4, **{**FAST_MODELS, "workers": 2})
     assert inline.processed == pooled.processed

@@ -114,7 +114,7 @@ DEFAULT_BATCH_SIZES = {"cpu": (1, 16), "cuda": (16, 64)}
 
 
 def default_workers() -> int:
-    """Decode processes: leave the inference runtime most of a small machine."""
+    """Read + decode threads: leave the inference runtime most of a small machine."""
     cores = os.cpu_count() or 1
     return max(1, min(cores // 2, 16))
 
@@ -131,7 +131,7 @@ class RunConfig:
     """How the run is executed.
 
     Args:
-        workers: decode processes; 0 decodes in the main process (debugging, tests).
+        workers: read + decode threads; 0 decodes in the calling thread (debugging, tests).
         shard_size: images per output Parquet file (the unit of resume).
         limit: process only the first N inputs (after sorting), 0 for all.
         device: "cpu" or "cuda".

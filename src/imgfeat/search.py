@@ -52,7 +52,8 @@ def query_config(index_config: dict[str, Any], device: str | None = None, thread
         raise ConfigError("this index carries no extraction config, so query images cannot be embedded "
                           "the way its images were; rebuild it from an `imgfeat extract` output")
     run = _known(RunConfig, index_config.get("run"))
-    run.update(workers=0, progress=False, limit=0, overwrite=False, threads=threads)
+    # one query batch at a time: one inference stream with every core (unless threads says)
+    run.update(workers=0, progress=False, limit=0, overwrite=False, threads=threads, streams=1)
     if device:
         run["device"] = device
     embed = _known(EmbedConfig, index_config.get("embed"))

@@ -1,6 +1,6 @@
 """The pipeline's stages as callables over batches; every runner calls these.
 
-    ReadDecode(source, config)(items)       -> list[Decoded]   light: runs in worker processes
+    ReadDecode(source, config)(items)       -> list[Decoded]   light: runs in decode threads
     Features(config)(decoded)               -> pyarrow.Table   heavy: loads the models once
     Pipeline(config)(table of id, path, content) -> pyarrow.Table   both, for table engines
 

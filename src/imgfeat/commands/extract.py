@@ -6,7 +6,9 @@ import argparse
 import json
 import sys
 
-from ..config import DEFAULT_BATCH_SIZES, DecodeConfig, DetectConfig, EmbedConfig, RunConfig, default_workers
+from ..config import (
+    DEFAULT_BATCH_SIZES, DecodeConfig, DetectConfig, EmbedConfig, RunConfig, default_streams, default_workers,
+)
 
 EPILOG_EXTRACT = """\
 SOURCE may be a folder (recursive), a glob ('photos/**/*.jpg', quoted), a list file
@@ -15,7 +17,7 @@ path column), or any fsspec URL (s3://, gs://, memory://) of those.
 
 examples:
   imgfeat extract photos/ -o features/
-  imgfeat extract 'photos/**/*.jpg' -o features/ --batch-size 16 --workers 2
+  imgfeat extract 'photos/**/*.jpg' -o features/ --workers 2 --streams 3
   imgfeat extract listing.parquet --content-column image -o features/
   imgfeat extract photos/ -o features/ --no-detect --dtype float16
 
@@ -68,8 +70,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="images per call of both models (default per device, detector/embedder: " +
                         ", ".join(f"{d} {a}/{b}" for d, (a, b) in DEFAULT_BATCH_SIZES.items()) + ")")
     g.add_argument("--workers", type=int, default=None,
-                   help=f"decode processes (default {default_workers()} here; 0 = in the main process)")
-    g.add_argument("--threads", type=int, default=0, help="inference threads (default: all cores)")
+                   help=f"read + decode threads (default {default_workers()} here; 0 = in the calling thread)")
+    g.add_argument("--streams", type=int, default=0,
+                   help=f"batches in inference at once, one thread each (default {default_streams()} here)")
+    g.add_argument("--threads", type=int, default=0,
+                   help="inference threads per stream (default: the cores shared out among the streams)")
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="inference device")
     g.add_argument("--runtime", choices=("auto", "onnxruntime", "openvino"), default="auto",
                    help="inference runtime (default auto: OpenVINO on CPUs with native bf16, else onnxruntime)")
@@ -90,7 +95,7 @@ def _extract(args: argparse.Namespace) -> int:
         detector="none" if args.no_detect else args.detector, embedder=args.embedder,
         score_threshold=args.score_threshold, select=args.select, margin=args.margin,
         dtype=args.dtype, code_bits=args.code_bits, hasher=args.hash, batch_size=args.batch_size,
-        workers=args.workers, threads=args.threads, device=args.device, runtime=args.runtime,
+        workers=args.workers, streams=args.streams, threads=args.threads, device=args.device, runtime=args.runtime,
         shard_size=args.shard_size, limit=args.limit, overwrite=args.overwrite,
         max_error_ratio=args.max_error_ratio, max_pixels=args.max_pixels, max_side=args.max_side,
         progress=not args.no_progress,

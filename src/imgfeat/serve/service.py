@@ -118,7 +118,7 @@ def pipeline_config_for(index_config: dict[str, Any] | None, serve: ServeConfig)
         detect=DetectConfig(**_known_fields(DetectConfig, index_config.get("detect"))),
         embed=EmbedConfig(**_known_fields(EmbedConfig, index_config.get("embed"))),
         # the index's device and runtime, but in this process, with the service's threads
-        run=RunConfig(**{**run, "workers": 0, "progress": False, "limit": 0, "overwrite": False,
+        run=RunConfig(**{**run, "workers": 0, "progress": False, "limit": 0, "overwrite": False, "streams": 1,
                          "threads": serve.threads or run.get("threads", 0)}),
     )
 
