@@ -16,7 +16,8 @@ MobileNetV2 embedder):
     naive         PIL open -> resize -> detect -> crop -> embed, one image at a time
     ray           Ray Data: read_binary_files -> map_batches(decode) -> map_batches(actor)
     spark         PySpark local mode: binaryFile -> mapInPandas, model loaded once per worker
-    rss 1x / 5x   peak memory of the imgfeat run at two dataset sizes (subprocesses)
+    rss 1x / 5x   peak memory (ru_maxrss) of the imgfeat run at two dataset sizes, each in a
+                  fresh subprocess
 
 The baselines are written the plain way and do not use imgfeat's runner; they reuse its
 model classes (same networks, same letterbox, same CenterNet decoding from the same score
@@ -38,7 +39,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -275,32 +275,10 @@ def spark_job(folder: Path, out: Path, runtime: str) -> dict:
 
 
 def rss_run(folder: Path, out: Path) -> dict:
-    """Run imgfeat end to end here and report its peak memory (this process and its workers)."""
-    import psutil
-
-    me = psutil.Process()
-    peak = {"tree": 0}
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            total = 0
-            for proc in [me, *me.children(recursive=True)]:
-                try:
-                    total += proc.memory_info().rss
-                except psutil.Error:
-                    pass
-            peak["tree"] = max(peak["tree"], total)
-            done.wait(0.1)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    """Run imgfeat end to end in this (fresh) process and report its peak resident memory:
+    the kernel's exact high-water mark, since imgfeat runs in one process (decode threads)."""
     result = imgfeat_end_to_end(folder, out)
-    done.set()
-    sampler.join()
-    result["peak_rss_main_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result["peak_rss_worker_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    result["peak_rss_tree_mb"] = peak["tree"] / 2 ** 20
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
 
@@ -439,9 +417,8 @@ def ratios(rows: dict) -> dict:
     if other:
         out[f"end_to_end_{other}/model_only_{other}"] = round(other_e2e / other_model, 3) if other_e2e and other_model else None
     one, five = rows.get("rss-1x", {}), rows.get("rss-5x", {})
-    if "peak_rss_tree_mb" in one and "peak_rss_tree_mb" in five:
-        out["rss_5x/1x"] = round(five["peak_rss_tree_mb"] / one["peak_rss_tree_mb"], 3)
-        out["rss_main_5x/1x"] = round(five["peak_rss_main_mb"] / one["peak_rss_main_mb"], 3)
+    if "peak_rss_mb" in one and "peak_rss_mb" in five:
+        out["rss_5x/1x"] = round(five["peak_rss_mb"] / one["peak_rss_mb"], 3)
     return out
 
 
@@ -457,9 +434,8 @@ def table(results: dict) -> str:
             notes.append(row["runtime"])
         if "startup_seconds" in row:
             notes.append(f"start-up {row['startup_seconds']:.1f} s not timed")
-        if "peak_rss_tree_mb" in row:
-            notes.append(f"peak RSS {row['peak_rss_tree_mb']:.0f} MB (main {row['peak_rss_main_mb']:.0f}, "
-                         f"one worker {row['peak_rss_worker_mb']:.0f})")
+        if "peak_rss_mb" in row:
+            notes.append(f"peak RSS {row['peak_rss_mb']:.0f} MB")
         if "stage_seconds" in row:
             notes.append("stages " + ", ".join(f"{k} {v}" for k, v in row["stage_seconds"].items()))
         rate = _rate(row)
