@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..config import DecodeConfig, DetectConfig, EmbedConfig, PipelineConfig, RunConfig
+from ..config import DecodeConfig, PipelineConfig
 from ..decode import Decoded, decode_image
 from ..errors import ConfigError
+from ..search import query_config
 from ..sources import Item
 from ..stages import DecodedItem, Features
 from .batching import MicroBatcher
@@ -90,11 +91,6 @@ class ServeConfig:
             raise ConfigError(f"thumb_size must be in [16, 1024], got {self.thumb_size}")
 
 
-def _known_fields(cls: type, values: dict[str, Any] | None) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in (values or {}).items() if k in names}
-
-
 def pipeline_config_for(index_config: dict[str, Any] | None, serve: ServeConfig) -> PipelineConfig:
     """The PipelineConfig to embed uploads with: the index's own, run in this process.
 
@@ -105,22 +101,11 @@ def pipeline_config_for(index_config: dict[str, Any] | None, serve: ServeConfig)
     Raises:
         ConfigError: the index carries no extraction config.
     """
-    if not index_config:
-        raise ConfigError("the index carries no extraction config, so uploads cannot be embedded "
-                          "the way its images were; rebuild it with `FeatureIndex.build` from an "
-                          "`imgfeat extract` output")
-    decode = _known_fields(DecodeConfig, index_config.get("decode"))
+    threads = serve.threads or ((index_config or {}).get("run") or {}).get("threads", 0)
+    config = query_config(index_config or {}, threads=threads)  # the same rules as `imgfeat search`
     if serve.max_pixels is not None:
-        decode["max_pixels"] = serve.max_pixels
-    run = _known_fields(RunConfig, index_config.get("run"))
-    return PipelineConfig(
-        decode=DecodeConfig(**decode),
-        detect=DetectConfig(**_known_fields(DetectConfig, index_config.get("detect"))),
-        embed=EmbedConfig(**_known_fields(EmbedConfig, index_config.get("embed"))),
-        # the index's device and runtime, but in this process, with the service's threads
-        run=RunConfig(**{**run, "workers": 0, "progress": False, "limit": 0, "overwrite": False, "streams": 1,
-                         "threads": serve.threads or run.get("threads", 0)}),
-    )
+        config = dataclasses.replace(config, decode=dataclasses.replace(config.decode, max_pixels=serve.max_pixels))
+    return config
 
 
 def _floats(values: Any) -> list[float] | None:
