@@ -211,3 +211,17 @@ def test_cli_help_reads_well(capsys):
     for flag in ("--batch-size", "--workers", "--limit", "--device", "--detector", "--embedder",
                  "--no-detect", "--overwrite", "examples:"):
         assert flag in text
+
+
+def test_cli_output_into_a_closed_pipe_is_quiet(blob_folder, tmp_path):
+    # `imgfeat info out/ | head -1`: the reader leaves early; no traceback, exit 141 like a shell tool
+    import subprocess
+    import sys
+
+    imgfeat.extract(blob_folder, tmp_path / "out", **FAST_MODELS)
+    with subprocess.Popen([sys.executable, "-m", "imgfeat.cli", "info", str(tmp_path / "out")],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        proc.stdout.close()  # the reader is gone before the first line is written
+        stderr = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
