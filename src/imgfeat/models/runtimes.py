@@ -59,9 +59,10 @@ def resolve_runtime(runtime: str, device: str = "cpu") -> str:
     """The concrete runtime for a `--runtime` choice on a device.
 
     "auto" is the fastest one measured for the CPU: OpenVINO where the CPU has native bf16
-    (about 2x onnxruntime on CNNs there), otherwise onnxruntime (on an AVX2 CPU it ran the
-    default detector 1.16x and the embedder 1.13x faster than OpenVINO fp32,
-    benchmarks/batch_sizes.py); on "cuda" it is always onnxruntime (CUDA execution provider).
+    (about 2x onnxruntime on CNNs there), otherwise onnxruntime (on an AVX2 CPU, against
+    OpenVINO fp32: detector 1.04x and embedder 1.10x at their best settings,
+    benchmarks/batch_sizes.py, and 1.16x end to end, docs/benchmarks.md); on "cuda" it is
+    always onnxruntime (CUDA execution provider).
 
     Raises:
         ConfigError: an unknown runtime, or openvino asked for with device "cuda".

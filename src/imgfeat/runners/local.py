@@ -191,16 +191,11 @@ def run_local(source: Source, output: str, config: PipelineConfig,
     items = source.list()
     if run.limit:
         items = items[:run.limit]
-    decoder = _Decoder(ReadDecode(source, config.decode), run.workers, prefetch=2 * run.workers + 2)
-    try:
-        loading = time.perf_counter()
-        features = Features(config)
-        features.timer.add("load", time.perf_counter() - loading)  # model load/compile, once per run
-        sink = ParquetSink(output, overwrite=run.overwrite)
-        todo = sink.plan(items, run.shard_size, manifest_settings(config, source, features))
-    except BaseException:
-        decoder.close()
-        raise
+    loading = time.perf_counter()
+    features = Features(config)
+    features.timer.add("load", time.perf_counter() - loading)  # model load/compile, once per run
+    sink = ParquetSink(output, overwrite=run.overwrite)
+    todo = sink.plan(items, run.shard_size, manifest_settings(config, source, features))
     report = RunReport(output=output, inputs=len(items))
     report.skipped = len(items) - sum(len(s.items) for s in todo)
     timer = features.timer
@@ -208,6 +203,7 @@ def run_local(source: Source, output: str, config: PipelineConfig,
     if on_progress:
         on_progress(0, 0, todo_count)
 
+    decoder = _Decoder(ReadDecode(source, config.decode), run.workers, prefetch=2 * run.workers + 2)
     streams: Executor = ThreadPoolExecutor(config.inference_streams, thread_name_prefix="imgfeat-infer")
     writer = _Writer(sink, timer)
     writer.start()
