@@ -5,8 +5,7 @@ the original resolution. Every detector has `name`, `labels` (class index -> nam
 `digest` (fingerprint of its weights) and `__call__(images) -> list[np.ndarray (n, 6)]`.
 A detector may also have a `min_score` attribute: the pipeline sets it to its score
 threshold, and the detector may then leave out lower scores (CenterNet's decoding is
-5x cheaper that way);
-ONNX-backed ones also take `runtime` ("auto", "onnxruntime", "openvino", see runtimes.py)
+5x cheaper that way). ONNX-backed ones also take `runtime` ("auto", "onnxruntime", "openvino", see runtimes.py)
 and say in `.runtime` what ran them.
 """
 

@@ -40,7 +40,7 @@ class InputSpec:
 
 
 # OpenCV, not Pillow: on 640x480 -> 512x384 Pillow's bilinear costs ~5.6 ms, OpenCV's ~0.5 ms
-# (docs/benchmarks.md); both are correct, and the detector is fed about 10 images/s per core.
+# (docs/benchmarks.md), a cost paid for every image on the inference threads.
 _INTERPOLATION = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
 
 
