@@ -6,6 +6,8 @@ instance serve the whole module; each costs seconds to start.
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -219,3 +221,19 @@ def test_missing_engine_names_the_extra(blob_folder_12, tmp_path, monkeypatch):
                        imgfeat.PipelineConfig.from_options(**FAST))
     with pytest.raises(MissingExtra, match=r"imgfeat\[spark\]"):
         imgfeat.spark.extract(object())
+
+
+@pytest.mark.ray
+def test_cli_ray_run_keeps_ray_data_info_logs_off_the_terminal(blob_folder_12, tmp_path):
+    # a session the CLI starts is its own to quiet: imgfeat's report, not Ray Data's INFO lines
+    pytest.importorskip("ray")
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "imgfeat.cli", "extract", str(blob_folder_12), "-o",
+                           str(tmp_path / "out"), "--engine", "ray", "--detector", "test-blob",
+                           "--embedder", "test-tiny", "--no-progress"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "12 images" in done.stdout
+    assert not re.search(r"\sINFO\s", done.stderr), done.stderr[-2000:]

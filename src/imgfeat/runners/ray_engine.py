@@ -15,6 +15,7 @@ readers (`ray.data.read_binary_files`, `read_parquet`).
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 from typing import Any, Callable
@@ -44,6 +45,9 @@ def ray_connect(address: str | None = None) -> bool:
     address = address or os.environ.get("RAY_ADDRESS") or None
     ray.init(address=address, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
+    # a session imgfeat started is imgfeat's to quiet: its own progress bar and report say
+    # what Ray Data's INFO lines and non-TTY progress log would (a user's session is left as is)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     return True
 
 
