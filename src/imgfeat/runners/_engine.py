@@ -77,9 +77,16 @@ class Plan:
     report: RunReport
     started: float
 
+    @property
+    def todo_count(self) -> int:
+        """Images this run has to process (the inputs less the complete shards)."""
+        return self.report.inputs - self.report.skipped
 
-def plan_run(source: Source, output: str, config: PipelineConfig) -> Plan:
-    """List the source and plan the shards exactly as the local runner does (same manifest).
+
+def plan_run(source: Source, output: str, config: PipelineConfig,
+             on_progress: Callable[[int, int, int], None] | None = None) -> Plan:
+    """List the source and plan the shards exactly as the local runner does (same manifest),
+    then tell `on_progress` how many images are to do.
 
     Raises:
         OutputError: `output` holds another run's output.
@@ -94,7 +101,10 @@ def plan_run(source: Source, output: str, config: PipelineConfig) -> Plan:
     todo = sink.plan(items, config.run.shard_size, manifest_settings(config, source, features))
     report = RunReport(output=output, inputs=len(items))
     report.skipped = len(items) - sum(len(s.items) for s in todo)
-    return Plan(items, sink, todo, report, started)
+    plan = Plan(items, sink, todo, report, started)
+    if on_progress:
+        on_progress(0, 0, plan.todo_count)
+    return plan
 
 
 def finish_run(plan: Plan, summaries: Sequence[dict[str, Any]], config: PipelineConfig,

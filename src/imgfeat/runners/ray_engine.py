@@ -113,10 +113,7 @@ def run_ray(source: Source, output: str, config: PipelineConfig,
                           f"got {sorted(engine_options)}")
     import ray
 
-    plan = plan_run(source, output, config)
-    todo_count = plan.report.inputs - plan.report.skipped
-    if on_progress:
-        on_progress(0, 0, todo_count)
+    plan = plan_run(source, output, config, on_progress)
     if not plan.todo:
         return finish_run(plan, [], config, "ray")
     started = ray_connect(address)
@@ -134,7 +131,7 @@ def run_ray(source: Source, output: str, config: PipelineConfig,
             summaries.append(summary)
             failed += summary["failed"]
             if on_progress:
-                on_progress(summary["rows"], failed, todo_count)
+                on_progress(summary["rows"], failed, plan.todo_count)
     finally:
         if started:
             ray.shutdown()

@@ -146,10 +146,7 @@ def run_spark(source: Source, output: str, config: PipelineConfig,
     """
     if engine_options:
         raise ConfigError(f"the spark engine takes master=, got {sorted(engine_options)}")
-    plan = plan_run(source, output, config)
-    todo_count = plan.report.inputs - plan.report.skipped
-    if on_progress:
-        on_progress(0, 0, todo_count)
+    plan = plan_run(source, output, config, on_progress)
     if not plan.todo:
         return finish_run(plan, [], config, "spark")
     spark, created = spark_session(master)
@@ -163,7 +160,7 @@ def run_spark(source: Source, output: str, config: PipelineConfig,
         with quiet_pandas_warning():
             summaries_df = (spark.createDataFrame(rows, ITEM_SCHEMA)
                             .mapInArrow(_shard_function(task, done, failed), SUMMARY_DDL))
-        summaries = _collect_with_progress(summaries_df, done, failed, todo_count, on_progress)
+        summaries = _collect_with_progress(summaries_df, done, failed, plan.todo_count, on_progress)
     finally:
         if created:
             spark.stop()
