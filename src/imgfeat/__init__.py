@@ -9,7 +9,7 @@ Per-batch functions for your own loops or engines: `decode_image`, `create_detec
 classes `ReadDecode`, `Features`, `Pipeline`.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .api import extract, info  # noqa: E402
 from .config import DecodeConfig, DetectConfig, EmbedConfig, PipelineConfig, RunConfig  # noqa: E402

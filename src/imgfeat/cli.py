@@ -13,7 +13,8 @@ import pkgutil
 import sys
 from typing import Sequence
 
-from . import __version__, commands
+from . import commands
+from ._version import __version__
 from .errors import ImgfeatError
 
 # the order `imgfeat --help` lists them in; modules not named here follow alphabetically

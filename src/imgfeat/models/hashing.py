@@ -47,22 +47,6 @@ class RandomProjectionHasher:
         return pack_bits(embeddings @ self.projection)
 
 
-def create_hasher(name: str, dim: int, bits: int, seed: int = 0):
-    """Build the code function named `name` for embeddings of size `dim`.
-
-    "rproj" is the seeded random projection with `bits` bits; a path to a learned hash
-    file (written by `imgfeat train-hash`) loads that hash, whose own bit count wins.
-    """
-    if name == "rproj":
-        return RandomProjectionHasher(dim, bits, seed)
-    if name.endswith((".onnx", ".npz")):
-        from .learned_hash import load_hasher
-
-        return load_hasher(name, dim)
-    raise ConfigError(f"unknown hasher {name!r}; use 'rproj' or the path of a learned hash file "
-                      "(imgfeat train-hash)")
-
-
 def hamming_distance(a: bytes | np.ndarray, b: bytes | np.ndarray) -> int:
     """Number of differing bits between two packed codes."""
     x = np.frombuffer(bytes(a), dtype=np.uint8)

@@ -1,81 +1,48 @@
-"""Name -> model factory, timm-style.
+"""Name -> model factory, timm-style: the tables and the decorators that fill them.
 
-    @register_detector("my-detector")
-    def _make(device="cpu", threads=0): return MyDetector(...)
+    @register_detector("my-detector", description="...", input_size="512x512", licence="MIT")
+    def _make(device="cpu", threads=0, runtime="auto"): return MyDetector(...)
 
-`create_detector("onnx:/path/model.onnx")` and `create_embedder("onnx:/path/model.onnx")`
-load a user's own ONNX model; "torchvision:NAME" and "timm:NAME" embedders need those
-packages. Unknown names raise UnknownModel listing the valid ones.
+This module imports no model: modules that define models import it to register them, and
+`models/factory.py` imports those modules and builds models by name. A factory takes the
+keyword arguments `device`, `threads` and `runtime` (and `min_score` for detectors) and
+returns an object that satisfies `models.protocols.Detector` or `Embedder`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..errors import UnknownModel
 
-_DETECTORS: dict[str, Callable[..., Any]] = {}
-_EMBEDDERS: dict[str, Callable[..., Any]] = {}
-_PREFIXES = ("onnx:", "torchvision:", "timm:")
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its factory and what `imgfeat models` says about it."""
+
+    name: str
+    factory: Callable[..., Any]
+    description: str = ""
+    input_size: str = ""
+    licence: str = ""
+    test: bool = False  # a tiny model for tests: hidden from `imgfeat models` unless asked
 
 
-def register_detector(name: str) -> Callable:
+DETECTORS: dict[str, ModelEntry] = {}
+EMBEDDERS: dict[str, ModelEntry] = {}
+
+
+def _register(table: dict[str, ModelEntry], name: str, **about: Any) -> Callable:
     def wrap(factory: Callable) -> Callable:
-        _DETECTORS[name] = factory
+        table[name] = ModelEntry(name, factory, test=name.startswith("test-"), **about)
         return factory
     return wrap
 
 
-def register_embedder(name: str) -> Callable:
-    def wrap(factory: Callable) -> Callable:
-        _EMBEDDERS[name] = factory
-        return factory
-    return wrap
+def register_detector(name: str, *, description: str = "", input_size: str = "", licence: str = "") -> Callable:
+    """Decorator: register a detector factory under `name` ("test-*" names are test models)."""
+    return _register(DETECTORS, name, description=description, input_size=input_size, licence=licence)
 
 
-def _populate() -> None:
-    # Importing these modules runs their @register_* decorators; they import nothing heavy.
-    from . import detectors, embedders, testing  # noqa: F401
-
-
-def list_detectors() -> list[str]:
-    _populate()
-    return sorted(_DETECTORS)
-
-
-def list_embedders() -> list[str]:
-    _populate()
-    return sorted(_EMBEDDERS)
-
-
-def _unknown(kind: str, name: str, known: list[str]) -> UnknownModel:
-    return UnknownModel(
-        f"unknown {kind} {name!r}. Known: {', '.join(known)}; or 'onnx:PATH' for your own ONNX "
-        f"model{'' if kind == 'detector' else ', torchvision:NAME, timm:NAME'}. New models are added "
-        f"with imgfeat.models.register_{kind}(name).")
-
-
-def create_detector(name: str, **kwargs: Any) -> Any:
-    """Build a detector by registry name (or "onnx:PATH"). kwargs: device, threads, runtime."""
-    _populate()
-    if name.startswith("onnx:"):
-        from .detectors import OnnxDetector
-        return OnnxDetector(name[len("onnx:"):], **kwargs)
-    if name not in _DETECTORS:
-        raise _unknown("detector", name, list_detectors())
-    return _DETECTORS[name](**kwargs)
-
-
-def create_embedder(name: str, **kwargs: Any) -> Any:
-    """Build an embedder by registry name, "onnx:PATH", "torchvision:NAME" or "timm:NAME"."""
-    _populate()
-    if name.startswith("onnx:"):
-        from .embedders import OnnxEmbedder
-        return OnnxEmbedder(name[len("onnx:"):], name=name, **kwargs)
-    if name.startswith(("torchvision:", "timm:")):
-        from .torch_hub import TorchHubEmbedder
-        kwargs.pop("runtime", None)  # torch runs these; the ONNX runtime choice does not apply
-        return TorchHubEmbedder(name, **kwargs)
-    if name not in _EMBEDDERS:
-        raise _unknown("embedder", name, list_embedders())
-    return _EMBEDDERS[name](**kwargs)
+def register_embedder(name: str, *, description: str = "", input_size: str = "", licence: str = "") -> Callable:
+    """Decorator: register an embedder factory under `name` ("test-*" names are test models)."""
+    return _register(EMBEDDERS, name, description=description, input_size=input_size, licence=licence)

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import pyarrow as pa
 
-from .. import __version__
+from .._version import __version__
 from ..config import PipelineConfig
 from ..errors import TooManyErrors
 from ..sinks import ParquetSink, Shard

@@ -159,7 +159,7 @@ def create_app(index_path: Any, groups_path: str | os.PathLike | None = None,
 
 
 def _version() -> str:
-    from .. import __version__
+    from .._version import __version__
 
     return __version__
 
