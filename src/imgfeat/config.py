@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .storage import Retry
 
 DEFAULT_MAX_PIXELS = 100_000_000  # ~ a 10k x 10k photo; larger images are refused as bombs
 
@@ -142,9 +143,16 @@ class RunConfig:
         streams: batches in inference at once, each on its own thread, so one batch's
             letterbox, box decoding and cropping run while another is in the networks;
             0 picks `default_streams()`. The local runner only: engines run one per task.
-        overwrite: delete an existing output first.
-        max_error_ratio: fail the run when more than this share of images fail (1.0 never fails).
-        progress: show a progress bar.
+        overwrite: delete an existing imgfeat output first (only its own files).
+        max_error_ratio: fail the run when more than this share of images fail (1.0 never
+            fails); checked as the run goes, once `min_error_count` images are done, and over
+            the whole output at the end (so a rerun of a finished output gives the same verdict).
+        min_error_count: images done before the error ratio can stop a run early.
+        retries: tries of a read that failed for a transient reason (unreachable, timeout).
+        retry_wait: seconds before the first retry, doubled each time (at most 8 s).
+        retry_errors: recompute the rows of a finished output that failed for a transient
+            reason (unreachable, timeout), in place; every other row is kept.
+        progress: show a progress bar (`imgfeat.extract` without `on_progress`, and the CLI).
     """
 
     workers: int = field(default_factory=default_workers)
@@ -156,6 +164,10 @@ class RunConfig:
     streams: int = 0
     overwrite: bool = False
     max_error_ratio: float = 1.0
+    min_error_count: int = 100
+    retries: int = 3
+    retry_wait: float = 0.5
+    retry_errors: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -178,6 +190,16 @@ class RunConfig:
                               "'auto' or 'onnxruntime' with it")
         if not 0.0 <= self.max_error_ratio <= 1.0:
             raise ConfigError(f"max_error_ratio must be in [0, 1], got {self.max_error_ratio}")
+        if self.min_error_count < 1:
+            raise ConfigError(f"min_error_count must be >= 1, got {self.min_error_count}")
+        if self.retries < 1 or self.retry_wait < 0:
+            raise ConfigError(f"retries must be >= 1 (1: no retry) and retry_wait >= 0, got "
+                              f"{self.retries} and {self.retry_wait}")
+
+    @property
+    def retry(self) -> Retry:
+        """The retry policy of reads."""
+        return Retry(attempts=self.retries, wait=self.retry_wait)
 
 
 @dataclass(frozen=True)
