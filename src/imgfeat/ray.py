@@ -15,7 +15,8 @@ from typing import Any
 
 from .config import PipelineConfig
 from .errors import MissingExtra
-from .runners._engine import TableColumns, cached_pipeline, choose_columns, table_features, with_threads
+from .frames import TableColumns, choose_columns, table_features
+from .runners.tasks import cached_pipeline, with_threads
 
 
 class FeatureActor:

@@ -6,7 +6,7 @@ One row per input, whatever happened to it:
     path       string   where the image was read from (path or URI; for table sources, table#row)
     status     string   "ok" or "error"
     error      string   "<kind>: <detail>", null when ok; kinds: empty, not-an-image, corrupt,
-                        too-large, not-found, read-error
+                        unsupported, too-large, not-found, read-error, unreachable, timeout
     width      int32    image width in pixels, after EXIF orientation
     height     int32    image height in pixels
     box        [4] f32  x1, y1, x2, y2 of the main object in full-resolution pixels (after EXIF
@@ -22,7 +22,6 @@ One row per input, whatever happened to it:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -62,54 +61,79 @@ def output_schema(dim: int, code_bytes: int, dtype: str = "float32") -> pa.Schem
 
 
 @dataclass
-class Row:
-    """One output row before it goes into a table; numpy arrays for the vector columns."""
+class FeatureRows:
+    """The columns of the rows that have features, in batch order (what `Features` computes).
 
-    id: str
-    path: str
-    status: str = STATUS_OK
-    error: str | None = None
-    width: int | None = None
-    height: int | None = None
-    box: np.ndarray | None = None
-    label: str | None = None
-    score: float | None = None
-    crop: str | None = None
-    embedding: np.ndarray | None = None
-    code: bytes | None = None
+    `index` holds their positions in the batch; every other row of the batch is an error row.
+    `score` is NaN and `label` None where the whole image was embedded.
+    """
+
+    index: np.ndarray  # (k,) int positions in the batch
+    width: np.ndarray  # (k,) int
+    height: np.ndarray
+    box: np.ndarray  # (k, 4) float32, full-resolution pixels
+    label: list[str | None]
+    score: np.ndarray  # (k,) float32, NaN: no detection used
+    crop: list[str]
+    embedding: np.ndarray  # (k, dim)
+    code: np.ndarray  # (k, code_bytes) uint8
 
 
-def rows_to_table(rows: list[Row], schema: pa.Schema, models: dict[str, str]) -> pa.Table:
-    """Build an Arrow table from rows; vector columns are built from numpy in one go."""
-    n = len(rows)
+def _scatter(values: np.ndarray, index: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows `values` placed at `index` in n rows of zeros, and the mask of rows left empty."""
+    out = np.zeros((n, *values.shape[1:]), dtype=values.dtype)
+    out[index] = values
+    empty = np.ones(n, dtype=bool)
+    empty[index] = False
+    return out, empty
+
+
+def _fixed_list(values: np.ndarray, index: np.ndarray, n: int, arrow_type: pa.FixedSizeListType) -> pa.Array:
+    dense, empty = _scatter(values, index, n)
+    flat = pa.array(dense.reshape(-1), type=arrow_type.value_type)
+    return pa.FixedSizeListArray.from_arrays(flat, arrow_type.list_size, mask=pa.array(empty))
+
+
+def feature_table(ids: list[str], paths: list[str], errors: list[str | None], rows: FeatureRows,
+                  schema: pa.Schema, models: dict[str, str]) -> pa.Table:
+    """The output table of a batch: one row per input, the feature rows filled in, the others
+    error rows with their reason and nulls. Columns are built from numpy in one go."""
+    n = len(ids)
+    index = np.asarray(rows.index, dtype=np.int64)
     emb_type: pa.FixedSizeListType = schema.field("embedding").type
-    dim = emb_type.list_size
     np_dtype = np.float16 if emb_type.value_type == pa.float16() else np.float32
     code_bytes = schema.field("code").type.byte_width
 
-    def fixed_list(values: list[np.ndarray | None], size: int, dtype: Any, arrow_type: pa.DataType) -> pa.Array:
-        flat = np.zeros((n, size), dtype=dtype)
-        valid = np.zeros(n, dtype=bool)
-        for i, value in enumerate(values):
-            if value is not None:
-                flat[i] = value
-                valid[i] = True
-        values_array = pa.array(flat.reshape(-1), type=arrow_type.value_type)
-        return pa.FixedSizeListArray.from_arrays(values_array, size, mask=pa.array(~valid))
+    def scalars(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
+        dense, empty = _scatter(np.asarray(values), index, n)
+        if dense.dtype.kind == "f":
+            empty = empty | np.isnan(dense)
+        return pa.array(dense, type=arrow_type, mask=empty)
 
+    def strings(values: list[str | None]) -> pa.Array:
+        out: list[str | None] = [None] * n
+        for i, value in zip(index.tolist(), values):
+            out[i] = value
+        return pa.array(out, pa.string())
+
+    codes, no_code = _scatter(np.asarray(rows.code, dtype=np.uint8).reshape(len(index), code_bytes), index, n)
+    status = [STATUS_OK if e is None else STATUS_ERROR for e in errors]
     columns = {
-        "id": pa.array([r.id for r in rows], pa.string()),
-        "path": pa.array([r.path for r in rows], pa.string()),
-        "status": pa.array([r.status for r in rows], pa.string()),
-        "error": pa.array([r.error for r in rows], pa.string()),
-        "width": pa.array([r.width for r in rows], pa.int32()),
-        "height": pa.array([r.height for r in rows], pa.int32()),
-        "box": fixed_list([r.box for r in rows], 4, np.float32, schema.field("box").type),
-        "label": pa.array([r.label for r in rows], pa.string()),
-        "score": pa.array([r.score for r in rows], pa.float32()),
-        "crop": pa.array([r.crop for r in rows], pa.string()),
-        "embedding": fixed_list([r.embedding for r in rows], dim, np_dtype, emb_type),
-        "code": pa.array([r.code for r in rows], pa.binary(code_bytes)),
+        "id": pa.array(ids, pa.string()),
+        "path": pa.array(paths, pa.string()),
+        "status": pa.array(status, pa.string()),
+        "error": pa.array(errors, pa.string()),
+        "width": scalars(np.asarray(rows.width, np.int32), pa.int32()),
+        "height": scalars(np.asarray(rows.height, np.int32), pa.int32()),
+        "box": _fixed_list(np.asarray(rows.box, np.float32).reshape(-1, 4), index, n, schema.field("box").type),
+        "label": strings(rows.label),
+        "score": scalars(np.asarray(rows.score, np.float32), pa.float32()),
+        "crop": strings(rows.crop),
+        "embedding": _fixed_list(np.asarray(rows.embedding, np_dtype).reshape(len(index), emb_type.list_size),
+                                 index, n, emb_type),
+        "code": pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(code_bytes), n, [pa.array(~no_code).buffers()[1] if no_code.any() else None,
+                                       pa.py_buffer(codes.tobytes())]),
         "detector": pa.array([models.get("detector")] * n, pa.string()),
         "embedder": pa.array([models.get("embedder")] * n, pa.string()),
         "hasher": pa.array([models.get("hasher")] * n, pa.string()),

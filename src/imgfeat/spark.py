@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterator
 
 from .config import PipelineConfig
 from .errors import MissingExtra
-from .runners._engine import TableColumns, choose_columns, table_features, with_threads
+from .frames import TableColumns, choose_columns, table_features
+from .runners.tasks import with_threads
 from .schema import output_schema
 
 

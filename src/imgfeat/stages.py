@@ -1,18 +1,20 @@
 """The pipeline's stages as callables over batches; every runner calls these.
 
-    ReadDecode(source, config)(items)       -> list[Decoded]   light: runs in decode threads
-    Features(config)(decoded)               -> pyarrow.Table   heavy: loads the models once
+    ReadDecode(source, config)(items)       -> ImageBatch      light: runs in decode threads
+    Features(config)(ImageBatch)            -> pyarrow.Table   heavy: loads the models once
     Pipeline(config)(table of id, path, content) -> pyarrow.Table   both, for table engines
 
-A failed read or decode travels as a Decoded with `error`; it becomes an error row.
+A batch travels as one `ImageBatch` from read to the table: its items, each one's decoded
+image or the reason it failed, and the seconds spent so far. A failed read or decode is an
+error row in the table; `ImageBatch.error_kinds()` counts them without reading the table.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
-from dataclasses import dataclass
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -23,18 +25,43 @@ from .crop import crop, expand_box, scale_box, select_main
 from .decode import Decoded, decode_image
 from .models import create_detector, create_embedder, create_hasher
 from .schema import (
-    CROP_FULL_DETECT_OFF, CROP_FULL_NO_DETECTION, CROP_OBJECT, STATUS_ERROR, Row,
-    output_schema, rows_to_table,
+    CROP_FULL_DETECT_OFF, CROP_FULL_NO_DETECTION, CROP_OBJECT, FeatureRows, feature_table, output_schema,
 )
-from .sources import Item, Source
+from .sources import Item, ReadResult, Source
+from .storage import Retry
+
+
+def error_kind(reason: str) -> str:
+    """The kind of an error reason: "corrupt: cannot decode (...)" -> "corrupt"."""
+    return reason.split(":", 1)[0]
 
 
 @dataclass
-class DecodedItem:
-    """A decoded image with the input it came from."""
+class ImageBatch:
+    """Inputs on their way through the pipeline, in order.
 
-    item: Item
-    decoded: Decoded
+    Attributes:
+        items: the inputs.
+        decoded: per input, the decoded image or `Decoded(error=...)`.
+        seconds: time spent on this batch per stage so far ("read", "decode").
+    """
+
+    items: list[Item]
+    decoded: list[Decoded]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def error_kinds(self) -> Counter:
+        """Failed inputs by error kind."""
+        return Counter(error_kind(d.error) for d in self.decoded if d.error is not None)
+
+    @classmethod
+    def of_images(cls, images: Sequence[np.ndarray], prefix: str = "image") -> "ImageBatch":
+        """A batch of images already decoded (queries, benchmarks): ids "<prefix>-<i>"."""
+        items = [Item(f"{prefix}-{i}", f"{prefix}#{i}") for i in range(len(images))]
+        return cls(items, [Decoded(image, image.shape[1], image.shape[0]) for image in images])
 
 
 class StageTimer:
@@ -55,31 +82,32 @@ class StageTimer:
                 self.seconds[stage] += seconds
 
 
-def decode_contents(items: Sequence[Item], contents: Sequence[bytes | None], errors: Sequence[str | None],
-                    config: DecodeConfig) -> list[DecodedItem]:
-    """Decode bytes already read; an item with an error (or no bytes) stays an error."""
-    out = []
-    for item, content, error in zip(items, contents, errors):
-        if error is not None or content is None:
-            out.append(DecodedItem(item, Decoded(None, error=error or "read-error: no content")))
-        else:
-            out.append(DecodedItem(item, decode_image(content, config)))
-    return out
+def decode_results(results: Sequence[ReadResult], config: DecodeConfig) -> list[Decoded]:
+    """Decode what was read; an input that could not be read stays an error."""
+    return [Decoded(None, error=r.error or "read-error: no content") if r.error is not None or r.content is None
+            else decode_image(r.content, config) for r in results]
 
 
 class ReadDecode:
-    """Read a batch of items from a source and decode them. Cheap to build; picklable."""
+    """Read a batch of items from a source and decode them. Cheap to build; picklable.
 
-    def __init__(self, source: Source, config: DecodeConfig):
+    Args:
+        source: where the items come from (a `Source.reader()` is enough).
+        config: decoding settings (pixel cap, reduced size, byte cap).
+        retry: retries of transient read failures (unreachable, timeout).
+    """
+
+    def __init__(self, source: Source, config: DecodeConfig, retry: Retry = Retry()):
         self.source = source
         self.config = config
+        self.retry = retry
 
-    def __call__(self, items: Sequence[Item]) -> tuple[list[DecodedItem], dict[str, float]]:
+    def __call__(self, items: Sequence[Item]) -> ImageBatch:
         start = time.perf_counter()
-        results = self.source.read(items, self.config.max_bytes)
+        results = self.source.read(items, self.config.max_bytes, self.retry)
         read_done = time.perf_counter()
-        decoded = decode_contents(items, [r.content for r in results], [r.error for r in results], self.config)
-        return decoded, {"read": read_done - start, "decode": time.perf_counter() - read_done}
+        decoded = decode_results(results, self.config)
+        return ImageBatch(list(items), decoded, {"read": read_done - start, "decode": time.perf_counter() - read_done})
 
 
 class Features:
@@ -94,9 +122,9 @@ class Features:
     def __init__(self, config: PipelineConfig):
         self.config = config
         kwargs = {"device": config.run.device, "threads": config.inference_threads, "runtime": config.run.runtime}
-        self.detector = create_detector(config.detect.model, **kwargs) if config.detect.enabled else None
-        if hasattr(self.detector, "min_score"):  # it may skip what select_main would ignore
-            self.detector.min_score = config.detect.score_threshold
+        self.detector = (create_detector(config.detect.model, **kwargs) if config.detect.enabled else None)
+        if self.detector is not None and hasattr(self.detector, "min_score"):
+            self.detector.min_score = config.detect.score_threshold  # it may skip what select_main ignores
         self.embedder = create_embedder(config.embed.model, **kwargs)
         self.hasher = create_hasher(config.embed.hasher, self.embedder.dim, config.embed.code_bits,
                                     config.embed.seed)
@@ -116,7 +144,7 @@ class Features:
     def _label(self, index: float) -> str:
         labels = getattr(self.detector, "labels", ())
         i = int(index)
-        return labels[i] if 0 <= i < len(labels) else str(i)
+        return labels[i] if 0 <= i < len(labels) and labels[i] else str(i)
 
     def detect(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Detections per image, in that image's pixels, in detector-sized batches."""
@@ -133,45 +161,47 @@ class Features:
         parts = [self.embedder(crops[i:i + size]) for i in range(0, len(crops), size)]
         return np.concatenate(parts) if parts else np.zeros((0, self.embedder.dim), np.float32)
 
-    def __call__(self, batch: Sequence[DecodedItem]) -> pa.Table:
-        rows = [Row(id=d.item.id, path=d.item.uri) for d in batch]
-        good = [i for i, d in enumerate(batch) if d.decoded.error is None]
-        for i, d in enumerate(batch):
-            if d.decoded.error is not None:
-                rows[i].status, rows[i].error = STATUS_ERROR, d.decoded.error
-        images = [batch[i].decoded.image for i in good]
+    def __call__(self, batch: ImageBatch) -> pa.Table:
+        good = [i for i, d in enumerate(batch.decoded) if d.error is None]
+        images = [batch.decoded[i].image for i in good]
 
         start = time.perf_counter()
         detections = self.detect(images) if self.detector is not None else [None] * len(images)
         self.timer.add("detect", time.perf_counter() - start)
 
         start = time.perf_counter()
-        crops = []
+        crops, boxes, labels, scores, kinds = [], [], [], [], []
         detect_cfg = self.config.detect
         for i, image, dets in zip(good, images, detections):
-            decoded, row = batch[i].decoded, rows[i]
-            row.width, row.height = decoded.width, decoded.height
-            sx, sy = decoded.scale
+            decoded = batch.decoded[i]
             main = None if dets is None else select_main(dets, detect_cfg.score_threshold, detect_cfg.select)
             if main is None:
-                row.crop = CROP_FULL_DETECT_OFF if dets is None else CROP_FULL_NO_DETECTION
-                row.box = np.asarray([0, 0, decoded.width, decoded.height], dtype=np.float32)
+                kinds.append(CROP_FULL_DETECT_OFF if dets is None else CROP_FULL_NO_DETECTION)
+                boxes.append(np.asarray([0, 0, decoded.width, decoded.height], dtype=np.float32))
+                labels.append(None)
+                scores.append(np.nan)
                 crops.append(image)
             else:
                 box = dets[main]
-                row.crop, row.label, row.score = CROP_OBJECT, self._label(box[5]), float(box[4])
-                row.box = scale_box(box, sx, sy)
-                window = expand_box(box, detect_cfg.margin, image.shape[1], image.shape[0])
-                crops.append(crop(image, window))
+                kinds.append(CROP_OBJECT)
+                labels.append(self._label(box[5]))
+                scores.append(float(box[4]))
+                boxes.append(scale_box(box, *decoded.scale))
+                crops.append(crop(image, expand_box(box, detect_cfg.margin, image.shape[1], image.shape[0])))
         self.timer.add("crop", time.perf_counter() - start)
 
         start = time.perf_counter()
         embeddings = self.embed(crops)
         codes = self.hasher(embeddings) if len(crops) else np.zeros((0, self.hasher.bits // 8), np.uint8)
         self.timer.add("embed", time.perf_counter() - start)
-        for i, embedding, code in zip(good, embeddings, codes):
-            rows[i].embedding, rows[i].code = embedding, code.tobytes()
-        return rows_to_table(rows, self.schema, self.models)
+        rows = FeatureRows(
+            index=np.asarray(good, dtype=np.int64),
+            width=np.asarray([batch.decoded[i].width for i in good], dtype=np.int32),
+            height=np.asarray([batch.decoded[i].height for i in good], dtype=np.int32),
+            box=np.asarray(boxes, dtype=np.float32).reshape(-1, 4), label=labels,
+            score=np.asarray(scores, dtype=np.float32), crop=kinds, embedding=embeddings, code=codes)
+        return feature_table([item.id for item in batch.items], [item.uri for item in batch.items],
+                             [d.error for d in batch.decoded], rows, self.schema, self.models)
 
 
 class Pipeline:
@@ -186,10 +216,7 @@ class Pipeline:
         self.features = Features(config)
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        ids = table.column("id").to_pylist()
-        paths = table.column("path").to_pylist()
-        contents = table.column("content").to_pylist()
-        items = [Item(i, p, p) for i, p in zip(ids, paths)]
-        errors = [None if c is not None else "read-error: null content" for c in contents]
-        decoded = decode_contents(items, contents, errors, self.config.decode)
-        return self.features(decoded)
+        items = [Item(i, p, p) for i, p in zip(table.column("id").to_pylist(), table.column("path").to_pylist())]
+        results = [ReadResult(item, content=c, error=None if c is not None else "read-error: null content")
+                   for item, c in zip(items, table.column("content").to_pylist())]
+        return self.features(ImageBatch(items, decode_results(results, self.config.decode)))

@@ -1,7 +1,9 @@
 """Runners execute a PipelineConfig over a Source into a ParquetSink.
 
 Every runner takes the same arguments and returns a RunReport; "local" is the reference.
-Engine runners (Spark, Ray) import their engines lazily.
+They share `base.py` (plan, report, finish) and `tasks.py` (the engines' shard task).
+Engine runners (Spark, Ray) import their engines lazily. A new runner is a function with
+`run_local`'s signature added to RUNNERS.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..errors import ConfigError, MissingExtra
-from .local import RunReport, run_local
+from .base import RunReport
+from .local import run_local
 
 
 def run_spark(*args: Any, **kwargs: Any) -> RunReport:

@@ -1,4 +1,4 @@
-"""The local runner: one machine, overlapping stages.
+"""The local runner: one machine, overlapping stages. The reference every engine is tested against.
 
     decode threads:    read + decode batch n+3, n+2 ...      (bounded number in flight)
     inference threads: detect + crop + embed + hash batches n+1 and n (`streams` of them:
@@ -13,78 +13,38 @@ inference and two finished shards exist at any time, whatever the number of inpu
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import queue
 import threading
 import time
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import pyarrow as pa
 
-from .._version import __version__
 from ..config import PipelineConfig
-from ..errors import TooManyErrors
+from ..errors import ConfigError, TooManyErrors
 from ..sinks import ParquetSink, Shard
 from ..sources import Item, Source
-from ..stages import DecodedItem, Features, ReadDecode, StageTimer
+from ..stages import Features, ImageBatch, ReadDecode, StageTimer
+from .base import Plan, Progress, RunReport, finish_run, plan_run
+from .tasks import ShardTask
+
 
 @dataclass
-class RunReport:
-    """What a run did. `errors` counts failed inputs by reason (the text before any detail)."""
+class _Job:
+    """A pipeline batch: items of one shard (batches never cross shards)."""
 
-    output: str
-    inputs: int
-    processed: int = 0
-    skipped: int = 0
-    ok: int = 0
-    failed: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def images_per_second(self) -> float:
-        return self.processed / self.seconds if self.seconds > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"output": self.output, "inputs": self.inputs, "processed": self.processed,
-                "skipped": self.skipped, "ok": self.ok, "failed": self.failed, "errors": self.errors,
-                "seconds": round(self.seconds, 3), "images_per_second": round(self.images_per_second, 2),
-                "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()}}
+    shard: Shard
+    items: list[Item]
+    last: bool  # the shard's last batch: the shard can be written after it
 
 
-def error_kind(reason: str) -> str:
-    """The kind of an error reason: "corrupt: cannot decode (...)" -> "corrupt"."""
-    return reason.split(":", 1)[0]
-
-
-def config_fingerprint(config: PipelineConfig) -> str:
-    """What must match for a resumed run to continue an output: everything that shapes rows."""
-    relevant = {k: v for k, v in config.to_dict().items() if k != "run"}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def manifest_settings(config: PipelineConfig, source: Source, features: Features) -> dict[str, Any]:
-    """What every runner records in the manifest; resume compares part of it."""
-    return {
-        "imgfeat_version": __version__,
-        "config": config.to_dict(),
-        "config_fingerprint": config_fingerprint(config),
-        "source": source.describe(),
-        "models": features.models,
-        "model_digests": features.digests,
-        "schema": [f"{f.name}: {f.type}" for f in features.schema],
-    }
-
-
-def _batches(shards: Sequence[Shard], size: int) -> Iterator[tuple[Shard, list[Item], bool]]:
-    """(shard, items, last-batch-of-shard) in order; batches never cross shards."""
+def _jobs(shards: Sequence[Shard], size: int) -> Iterator[_Job]:
     for shard in shards:
         for start in range(0, len(shard.items), size):
-            yield shard, shard.items[start:start + size], start + size >= len(shard.items)
+            yield _Job(shard, shard.items[start:start + size], start + size >= len(shard.items))
 
 
 def _in_order(jobs: Iterator[Any], submit: Callable[[Any], Future], depth: int) -> Iterator[tuple[Any, Any]]:
@@ -113,17 +73,13 @@ class _Decoder:
         self.prefetch = prefetch
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="imgfeat-decode") if workers > 0 else None
 
-    def map(self, batches: Iterator[tuple[Shard, list[Item], bool]]
-            ) -> Iterator[tuple[Shard, bool, list[DecodedItem], dict[str, float]]]:
+    def map(self, jobs: Iterator[_Job]) -> Iterator[tuple[_Job, ImageBatch]]:
         if self.pool is None:
-            for shard, items, last in batches:
-                decoded, seconds = self.stage(items)
-                yield shard, last, decoded, seconds
+            for job in jobs:
+                yield job, self.stage(job.items)
             return
         pool = self.pool
-        for (shard, _, last), (decoded, seconds) in _in_order(
-                batches, lambda job: pool.submit(self.stage, job[1]), self.prefetch):
-            yield shard, last, decoded, seconds
+        yield from _in_order(jobs, lambda job: pool.submit(self.stage, job.items), self.prefetch)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -138,6 +94,7 @@ class _Writer(threading.Thread):
         self.sink, self.timer = sink, timer
         self.jobs: queue.Queue = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
+        self.stats: dict[str, dict[str, Any]] = {}
 
     def run(self) -> None:
         while True:
@@ -147,7 +104,7 @@ class _Writer(threading.Thread):
             shard, table = job
             start = time.perf_counter()
             try:
-                self.sink.write_shard(shard, table)
+                self.stats[shard.name] = self.sink.write_shard(shard, table)
             except BaseException as exc:  # surfaced by put()/close() in the main thread
                 self.error = exc
                 return
@@ -165,8 +122,40 @@ class _Writer(threading.Thread):
             raise self.error
 
 
-def run_local(source: Source, output: str, config: PipelineConfig,
-              on_progress: Callable[[int, int, int], None] | None = None, **engine_options: Any) -> RunReport:
+def _run_shards(plan: Plan, source: Source, config: PipelineConfig, on_progress: Progress | None,
+                writer: _Writer) -> None:
+    """The pipelined part: every shard of plan.todo through decode threads, inference streams
+    and the writer, in order."""
+    features, report, timer = plan.features, plan.report, plan.features.timer
+    run = config.run
+    decoder = _Decoder(ReadDecode(source.reader(), config.decode, run.retry), run.workers,
+                       prefetch=2 * run.workers + 2)
+    streams = ThreadPoolExecutor(config.inference_streams, thread_name_prefix="imgfeat-infer")
+
+    def infer(job_and_batch: tuple[_Job, ImageBatch]) -> Future:
+        timer.merge(job_and_batch[1].seconds)
+        return streams.submit(features, job_and_batch[1])
+
+    pieces: list[pa.Table] = []
+    try:
+        for (job, batch), table in _in_order(decoder.map(_jobs(plan.todo, config.chunk_size)), infer,
+                                             config.inference_streams):
+            pieces.append(table)
+            errors = batch.error_kinds()
+            report.add(len(batch), errors)
+            if on_progress:
+                on_progress(len(batch), report.failed, plan.todo_count)
+            if job.last:
+                writer.put(job.shard, pa.concat_tables(pieces))
+                pieces = []
+            plan.budget.check(report.processed, report.failed)
+    finally:
+        streams.shutdown(wait=True, cancel_futures=True)
+        decoder.close()
+
+
+def run_local(source: Source, output: str, config: PipelineConfig, on_progress: Progress | None = None,
+              **engine_options: Any) -> RunReport:
     """Run the pipeline on this machine. See `imgfeat.extract` for the user-facing form.
 
     Args:
@@ -180,63 +169,36 @@ def run_local(source: Source, output: str, config: PipelineConfig,
         RunReport of this call (shards already complete are counted as skipped).
 
     Raises:
-        OutputError: `output` holds another run's output.
-        TooManyErrors: more than `config.run.max_error_ratio` of the inputs failed.
+        OutputError: `output` holds another run's output, or cannot be written.
+        TooManyErrors: more than `config.run.max_error_ratio` of the images failed.
     """
     if engine_options:
-        from ..errors import ConfigError
         raise ConfigError(f"the local engine takes no engine options, got {sorted(engine_options)}")
-    started = time.perf_counter()
-    run = config.run
-    items = source.list()
-    if run.limit:
-        items = items[:run.limit]
-    loading = time.perf_counter()
-    features = Features(config)
-    features.timer.add("load", time.perf_counter() - loading)  # model load/compile, once per run
-    sink = ParquetSink(output, overwrite=run.overwrite)
-    todo = sink.plan(items, run.shard_size, manifest_settings(config, source, features))
-    report = RunReport(output=output, inputs=len(items))
-    report.skipped = len(items) - sum(len(s.items) for s in todo)
-    timer = features.timer
-    todo_count = report.inputs - report.skipped
-    if on_progress:
-        on_progress(0, 0, todo_count)
-
-    decoder = _Decoder(ReadDecode(source, config.decode), run.workers, prefetch=2 * run.workers + 2)
-    streams: Executor = ThreadPoolExecutor(config.inference_streams, thread_name_prefix="imgfeat-infer")
-    writer = _Writer(sink, timer)
+    plan = plan_run(source, output, config, lambda: Features(config), on_progress)
+    writer = _Writer(plan.sink, plan.features.timer)
     writer.start()
-    pieces: list[pa.Table] = []
-
-    def infer(job: tuple[Shard, bool, list[DecodedItem], dict[str, float]]) -> Future:
-        timer.merge(job[3])
-        return streams.submit(features, job[2])
-
     try:
-        decoded_batches = decoder.map(_batches(todo, config.chunk_size))
-        for (shard, last, _, _), table in _in_order(decoded_batches, infer, config.inference_streams):
-            pieces.append(table)
-            failed = [r for r in table.column("error").to_pylist() if r is not None]
-            for reason in failed:
-                kind = error_kind(reason)
-                report.errors[kind] = report.errors.get(kind, 0) + 1
-            report.processed += table.num_rows
-            report.failed += len(failed)
-            if on_progress:
-                on_progress(table.num_rows, report.failed, todo_count)
-            if last:
-                writer.put(shard, pa.concat_tables(pieces))
-                pieces = []
-    finally:
-        streams.shutdown(wait=True, cancel_futures=True)
-        decoder.close()
-        writer.close()
-    report.ok = report.processed - report.failed
-    report.seconds = time.perf_counter() - started
-    report.stage_seconds = dict(timer.seconds)
-    sink.finish({"last_run": report.to_dict()})
-    if report.processed and report.failed / report.processed > run.max_error_ratio:
-        raise TooManyErrors(f"{report.failed} of {report.processed} images failed, more than the "
-                            f"allowed ratio {run.max_error_ratio}; the output is written, see `imgfeat info`")
-    return report
+        try:
+            _run_shards(plan, source, config, on_progress, writer)
+        finally:
+            writer.close()
+        if plan.retry:
+            _retry_rows(plan, source, config, on_progress, writer.stats)
+    except TooManyErrors:
+        finish_run(plan, writer.stats, "local", aborted=True)
+        raise
+    return finish_run(plan, writer.stats, "local")
+
+
+def _retry_rows(plan: Plan, source: Source, config: PipelineConfig, on_progress: Progress | None,
+                stats: dict[str, dict[str, Any]]) -> None:
+    """--retry-errors: recompute the transiently failed rows of complete shards, in place."""
+    task = ShardTask(config, source.reader(), plan.sink, features=plan.features)
+    report = plan.report
+    for shard in plan.retry:
+        summary = task(shard, patch=True)
+        report.add(summary["rows"], json.loads(summary["errors"]))
+        report.retried += summary["rows"]
+        stats[shard.name] = json.loads(summary["stats"])
+        if on_progress:
+            on_progress(summary["rows"], report.failed, plan.todo_count)

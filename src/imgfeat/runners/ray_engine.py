@@ -15,21 +15,20 @@ readers (`ray.data.read_binary_files`, `read_parquet`).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 
 from ..config import PipelineConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, MissingExtra, TooManyErrors
 from ..sinks import Shard
 from ..sources import Source
-from ._engine import (
-    FAULT_ENV, SUMMARY_SCHEMA, ShardTask, cached_pipeline, finish_run, plan_run, reader_of, with_threads,
-)
-from .local import RunReport
+from .base import Progress, RunReport, finish_run, plan_run
+from .tasks import FAULT_ENV, SUMMARY_SCHEMA, ShardTask, cached_pipeline, summaries_stats, with_threads
 
 
 def ray_connect(address: str | None = None) -> bool:
@@ -43,12 +42,40 @@ def ray_connect(address: str | None = None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
+    check_address(address)
     ray.init(address=address, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     # a session imgfeat started is imgfeat's to quiet: its own progress bar and report say
     # what Ray Data's INFO lines and non-TTY progress log would (a user's session is left as is)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     return True
+
+
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """Fail fast when a Ray address cannot work here (ray.init would hang or print pages).
+
+    Raises:
+        MissingExtra: a ray:// address without the Ray client (`pip install 'ray[client]'`).
+        ConfigError: nothing answers at the address's host and port.
+    """
+    import socket
+
+    if not address or address in ("auto", "local"):
+        return
+    if address.startswith("ray://"):
+        try:
+            import ray.util.client  # noqa: F401
+            import grpc  # noqa: F401  (what ray[client] adds)
+        except ImportError as exc:
+            raise MissingExtra("ray[client]", extra="ray", purpose=f"connecting to {address}") from exc
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host or hostport, int(port or 6379)), timeout=timeout):
+            return
+    except (OSError, ValueError):
+        raise ConfigError(f"cannot reach the Ray cluster at {address} (no answer within {timeout:.0f} s): "
+                          "start it (`ray start --head`), or check --address / $RAY_ADDRESS") from None
 
 
 def actor_pool(actors: int | None, cpus_per_actor: float | None) -> tuple[int, float]:
@@ -71,7 +98,7 @@ def actor_pool(actors: int | None, cpus_per_actor: float | None) -> tuple[int, f
 
 
 class ShardActor:
-    """The map_batches callable: one row per shard (index, pickled items) in, summaries out."""
+    """The map_batches callable: one row per shard (index, pickled items, patch) in, summaries out."""
 
     def __init__(self, task: ShardTask, threads: int):
         self.task = ShardTask(with_threads(task.config, threads), task.reader, task.sink, task.fault_flag)
@@ -79,13 +106,13 @@ class ShardActor:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         summaries = []
-        for index, items in zip(batch.column("shard").to_pylist(), batch.column("items").to_pylist()):
-            summaries.append(self.task(Shard(index, pickle.loads(items))))
+        for index, items, patch in zip(batch.column("shard").to_pylist(), batch.column("items").to_pylist(),
+                                       batch.column("patch").to_pylist()):
+            summaries.append(self.task(Shard(index, pickle.loads(items)), patch=patch))
         return pa.Table.from_pylist(summaries, schema=SUMMARY_SCHEMA)
 
 
-def run_ray(source: Source, output: str, config: PipelineConfig,
-            on_progress: Callable[[int, int, int], None] | None = None, *,
+def run_ray(source: Source, output: str, config: PipelineConfig, on_progress: Progress | None = None, *,
             address: str | None = None, actors: int | None = None,
             cpus_per_actor: float | None = None, **engine_options: Any) -> RunReport:
     """Run the pipeline on Ray Data, one actor task per output shard. Same output as `run_local`.
@@ -113,29 +140,39 @@ def run_ray(source: Source, output: str, config: PipelineConfig,
                           f"got {sorted(engine_options)}")
     import ray
 
-    plan = plan_run(source, output, config, on_progress)
-    if not plan.todo:
-        return finish_run(plan, [], config, "ray")
+    check_address(address or os.environ.get("RAY_ADDRESS") or None)
+    plan = plan_run(source, output, config, lambda: cached_pipeline(config).features, on_progress)
+    if not plan.todo and not plan.retry:
+        return finish_run(plan, {}, "ray", stage_seconds={})
     started = ray_connect(address)
     try:
         size, cpus = actor_pool(actors, cpus_per_actor)
-        task = ShardTask(config, reader_of(source), plan.sink, os.environ.get(FAULT_ENV))
-        shards = [{"shard": s.index, "items": pickle.dumps(s.items)} for s in plan.todo]
+        task = ShardTask(config, source.reader(), plan.sink, os.environ.get(FAULT_ENV))
+        shards = [{"shard": s.index, "items": pickle.dumps(s.items), "patch": False} for s in plan.todo]
+        shards += [{"shard": s.index, "items": pickle.dumps(s.items), "patch": True} for s in plan.retry]
         dataset = ray.data.from_items(shards, override_num_blocks=len(shards))
         results = dataset.map_batches(
             ShardActor, fn_constructor_kwargs={"task": task, "threads": max(1, int(cpus))},
             batch_size=1, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=size), num_cpus=cpus)
-        summaries, failed = [], 0
-        for summary in results.iter_rows():
-            summaries.append(summary)
-            failed += summary["failed"]
-            if on_progress:
-                on_progress(summary["rows"], failed, plan.todo_count)
+        summaries, report = [], plan.report
+        try:
+            for summary in results.iter_rows():
+                summaries.append(summary)
+                report.add(summary["rows"], json.loads(summary["errors"]))
+                if on_progress:
+                    on_progress(summary["rows"], report.failed, plan.todo_count)
+                plan.budget.check(report.processed, report.failed)
+        except TooManyErrors:
+            stats, seconds = summaries_stats(summaries)
+            finish_run(plan, stats, "ray", stage_seconds=seconds, aborted=True)
+            raise
     finally:
         if started:
             ray.shutdown()
-    return finish_run(plan, summaries, config, "ray")
+    report.retried = sum(len(s.items) for s in plan.retry)
+    stats, seconds = summaries_stats(summaries)
+    return finish_run(plan, stats, "ray", stage_seconds=seconds)
 
 
-__all__ = ["ShardActor", "actor_pool", "ray_connect", "run_ray"]
+__all__ = ["ShardActor", "actor_pool", "check_address", "ray_connect", "run_ray"]

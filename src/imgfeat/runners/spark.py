@@ -21,6 +21,7 @@ and an unreadable file (dangling link, permission) is an error row instead of a 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 import sys
@@ -29,14 +30,36 @@ import warnings
 from typing import Any, Callable, Iterator
 
 from ..config import PipelineConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, TooManyErrors
 from ..sinks import Shard
 from ..sources import Item, Source
-from ._engine import FAULT_ENV, SUMMARY_SCHEMA, ShardTask, finish_run, plan_run, reader_of, with_threads
-from .local import RunReport
+from .base import ErrorBudget, Progress, RunReport, finish_run, plan_run
+from .tasks import FAULT_ENV, SUMMARY_SCHEMA, ShardTask, cached_pipeline, summaries_stats, with_threads
 
-ITEM_SCHEMA = "shard long, seq long, id string, uri string, ref binary"
-SUMMARY_DDL = "shard long, rows long, failed long, errors string, stage_seconds string"
+ITEM_SCHEMA = "shard long, seq long, id string, uri string, ref binary, patch boolean"
+SUMMARY_DDL = "shard long, rows long, failed long, errors string, stage_seconds string, stats string"
+
+
+def check_master(master: str | None, timeout: float = 5.0) -> None:
+    """Fail fast when a spark:// master does not answer (Spark itself retries for minutes).
+
+    Raises:
+        ConfigError: nothing listens at the master's host and port.
+    """
+    import socket
+
+    master = master or os.environ.get("MASTER")
+    if not master or not master.startswith("spark://"):
+        return
+    for hostport in master[len("spark://"):].split(","):  # standby masters are comma-separated
+        host, _, port = hostport.partition(":")
+        try:
+            with socket.create_connection((host, int(port or 7077)), timeout=timeout):
+                return
+        except (OSError, ValueError):
+            continue
+    raise ConfigError(f"cannot reach the Spark master {master} (no answer within {timeout:.0f} s): start it, "
+                      "or check --master / $MASTER")
 
 
 def spark_session(master: str | None = None) -> tuple[Any, bool]:
@@ -85,10 +108,10 @@ def quiet_pandas_warning() -> Iterator[None]:
         yield
 
 
-def _rows(shard: tuple[int, list[Item]]) -> Iterator[tuple[int, int, str, str, bytes]]:
-    index, items = shard
+def _rows(shard: tuple[int, list[Item], bool]) -> Iterator[tuple[int, int, str, str, bytes, bool]]:
+    index, items, patch = shard
     for seq, item in enumerate(items):
-        yield index, seq, item.id, item.uri, pickle.dumps(item.ref)
+        yield index, seq, item.id, item.uri, pickle.dumps(item.ref), patch
 
 
 def _shard_function(task: ShardTask, done: Any, failed: Any) -> Callable:
@@ -99,11 +122,14 @@ def _shard_function(task: ShardTask, done: Any, failed: Any) -> Callable:
         from pyspark import TaskContext
 
         by_shard: dict[int, list[tuple[int, Item]]] = {}
+        patched: set[int] = set()
         for batch in batches:
             columns = batch.to_pydict()
-            for shard, seq, id_, uri, ref in zip(columns["shard"], columns["seq"], columns["id"],
-                                                 columns["uri"], columns["ref"]):
+            for shard, seq, id_, uri, ref, patch in zip(columns["shard"], columns["seq"], columns["id"],
+                                                        columns["uri"], columns["ref"], columns["patch"]):
                 by_shard.setdefault(shard, []).append((seq, Item(id_, uri, pickle.loads(ref))))
+                if patch:
+                    patched.add(shard)
         context = TaskContext.get()
         local_task = ShardTask(with_threads(task.config, context.cpus() if context else 1),
                                task.reader, task.sink,
@@ -115,14 +141,13 @@ def _shard_function(task: ShardTask, done: Any, failed: Any) -> Callable:
 
         for shard, entries in sorted(by_shard.items()):
             items = [item for _, item in sorted(entries, key=lambda e: e[0])]
-            summary = local_task(Shard(shard, items), on_batch=count)
+            summary = local_task(Shard(shard, items), on_batch=count, patch=shard in patched)
             yield pa.RecordBatch.from_pylist([summary], schema=SUMMARY_SCHEMA)
 
     return process
 
 
-def run_spark(source: Source, output: str, config: PipelineConfig,
-              on_progress: Callable[[int, int, int], None] | None = None, *,
+def run_spark(source: Source, output: str, config: PipelineConfig, on_progress: Progress | None = None, *,
               master: str | None = None, **engine_options: Any) -> RunReport:
     """Run the pipeline as Spark tasks, one per output shard. Same output as `run_local`.
 
@@ -146,30 +171,42 @@ def run_spark(source: Source, output: str, config: PipelineConfig,
     """
     if engine_options:
         raise ConfigError(f"the spark engine takes master=, got {sorted(engine_options)}")
-    plan = plan_run(source, output, config, on_progress)
-    if not plan.todo:
-        return finish_run(plan, [], config, "spark")
+    check_master(master)
+    plan = plan_run(source, output, config, lambda: cached_pipeline(config).features, on_progress)
+    if not plan.todo and not plan.retry:
+        return finish_run(plan, {}, "spark", stage_seconds={})
     spark, created = spark_session(master)
     try:
         context = spark.sparkContext
-        task = ShardTask(config, reader_of(source), plan.sink, os.environ.get(FAULT_ENV))
+        task = ShardTask(config, source.reader(), plan.sink, os.environ.get(FAULT_ENV))
         done, failed = context.accumulator(0), context.accumulator(0)
-        shards = [(shard.index, shard.items) for shard in plan.todo]
+        shards = [(s.index, s.items, False) for s in plan.todo] + [(s.index, s.items, True) for s in plan.retry]
         # parallelize with as many slices as elements puts exactly one shard in each partition
         rows = context.parallelize(shards, len(shards)).flatMap(_rows)
         with quiet_pandas_warning():
             summaries_df = (spark.createDataFrame(rows, ITEM_SCHEMA)
                             .mapInArrow(_shard_function(task, done, failed), SUMMARY_DDL))
-        summaries = _collect_with_progress(summaries_df, done, failed, plan.todo_count, on_progress)
+        try:
+            summaries = _collect_with_progress(summaries_df, done, failed, plan.todo_count, on_progress,
+                                               plan.budget, context)
+        except TooManyErrors:
+            plan.report.processed, plan.report.failed = done.value, failed.value
+            finish_run(plan, {}, "spark", stage_seconds={}, aborted=True)
+            raise
     finally:
         if created:
             spark.stop()
-    return finish_run(plan, summaries, config, "spark")
+    for summary in summaries:
+        plan.report.add(summary["rows"], json.loads(summary["errors"]))
+    plan.report.retried = sum(len(s.items) for s in plan.retry)
+    stats, seconds = summaries_stats(summaries)
+    return finish_run(plan, stats, "spark", stage_seconds=seconds)
 
 
-def _collect_with_progress(df: Any, done: Any, failed: Any, todo: int,
-                           on_progress: Callable[[int, int, int], None] | None) -> list[dict[str, Any]]:
-    """Collect the summary rows; meanwhile report the accumulators (updated as tasks finish)."""
+def _collect_with_progress(df: Any, done: Any, failed: Any, todo: int, on_progress: Progress | None,
+                           budget: ErrorBudget, context: Any) -> list[dict[str, Any]]:
+    """Collect the summary rows; meanwhile report the accumulators (updated as tasks finish),
+    and cancel the job once the error budget is exceeded."""
     result: dict[str, Any] = {}
 
     def collect() -> None:
@@ -186,6 +223,10 @@ def _collect_with_progress(df: Any, done: Any, failed: Any, todo: int,
         if on_progress and done.value > reported:
             on_progress(done.value - reported, failed.value, todo)
             reported = done.value
+        if budget.exceeded(done.value, failed.value):
+            context.cancelAllJobs()
+            thread.join()
+            budget.check(done.value, failed.value)
     if "error" in result:
         raise result["error"]
     if on_progress and done.value > reported:
@@ -193,4 +234,4 @@ def _collect_with_progress(df: Any, done: Any, failed: Any, todo: int,
     return result["rows"]
 
 
-__all__ = ["run_spark", "spark_session"]
+__all__ = ["check_master", "run_spark", "spark_session"]

@@ -1,0 +1,213 @@
+"""What every runner shares: planning a run, its report, and finishing it.
+
+    plan_run()     driver: list the Source, check the output (before any model loads), load
+                   the models, write the manifest, find the shards to do (resume) and the rows
+                   to recompute (--retry-errors)
+    ErrorBudget    stops a run early once too large a share of images failed
+    finish_run()   driver: shard stats into the manifest, the RunReport, the error verdict
+                   over the whole output (a rerun of a finished output gives the same verdict)
+
+A runner is a function `run(source, output, config, on_progress=None, **engine_options) ->
+RunReport` registered in `runners.RUNNERS`; between plan_run and finish_run it runs
+`tasks.ShardTask` (or its own pipelined equivalent) over `plan.todo` and `plan.retry`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from .._version import __version__
+from ..config import PipelineConfig
+from ..errors import TooManyErrors
+from ..sinks import ParquetSink, Shard
+from ..sources import Item, Source
+from ..stages import Features
+from ..storage import RETRYABLE
+
+Progress = Callable[[int, int, int], None]  # (images done in this step, errors so far, images to do)
+
+
+@dataclass
+class RunReport:
+    """What a run did. `errors` counts failed inputs by kind (the text before any detail).
+
+    `output_rows` and `output_failed` count the whole output after the run (earlier runs'
+    shards included): the error ratio verdict is taken over them.
+    """
+
+    output: str
+    inputs: int
+    processed: int = 0
+    skipped: int = 0
+    ok: int = 0
+    failed: int = 0
+    retried: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    output_rows: int = 0
+    output_failed: int = 0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+    def add(self, rows: int, errors: dict[str, int]) -> None:
+        """Count a finished batch: its rows and its failed inputs by kind."""
+        self.processed += rows
+        self.failed += sum(errors.values())
+        for kind, count in errors.items():
+            self.errors[kind] = self.errors.get(kind, 0) + count
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"output": self.output, "inputs": self.inputs, "processed": self.processed,
+                "skipped": self.skipped, "ok": self.ok, "failed": self.failed, "retried": self.retried,
+                "errors": self.errors, "seconds": round(self.seconds, 3),
+                "images_per_second": round(self.images_per_second, 2),
+                "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+                "output_rows": self.output_rows, "output_failed": self.output_failed}
+
+
+def config_fingerprint(config: PipelineConfig) -> str:
+    """What must match for a resumed run to continue an output: everything that shapes rows."""
+    relevant = {k: v for k, v in config.to_dict().items() if k != "run"}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def manifest_settings(config: PipelineConfig, source: Source, features: Features) -> dict[str, Any]:
+    """What every runner records in the manifest; resume compares part of it."""
+    return {
+        "imgfeat_version": __version__,
+        "config": config.to_dict(),
+        "config_fingerprint": config_fingerprint(config),
+        "source": source.describe(),
+        "models": features.models,
+        "model_digests": features.digests,
+        "schema": [f"{f.name}: {f.type}" for f in features.schema],
+    }
+
+
+class ErrorBudget:
+    """Raises TooManyErrors once more than `ratio` of at least `min_count` images failed."""
+
+    def __init__(self, ratio: float, min_count: int):
+        self.ratio, self.min_count = ratio, min_count
+
+    def exceeded(self, done: int, failed: int, min_count: int | None = None) -> bool:
+        floor = self.min_count if min_count is None else min_count
+        return self.ratio < 1.0 and done >= max(1, floor) and failed / done > self.ratio
+
+    def check(self, done: int, failed: int, where: str = "so far", min_count: int | None = None) -> None:
+        """Raise when the ratio is exceeded (over `min_count` images, default the budget's)."""
+        if self.exceeded(done, failed, min_count):
+            raise TooManyErrors(f"{failed} of {done} images failed {where}, more than the allowed ratio "
+                                f"{self.ratio} (--max-error-ratio); the shards finished are kept, see "
+                                "`imgfeat info` for the reasons")
+
+
+@dataclass
+class Plan:
+    """The driver's side of a run: what is left to do and where it goes.
+
+    `todo` are whole shards to compute; `retry` are complete shards with only the items to
+    recompute (--retry-errors), patched into the shard in place.
+    """
+
+    items: list[Item]
+    sink: ParquetSink
+    features: Features
+    todo: list[Shard]
+    retry: list[Shard]
+    report: RunReport
+    started: float
+    budget: ErrorBudget
+
+    @property
+    def todo_count(self) -> int:
+        """Images this run has to process."""
+        return sum(len(s.items) for s in self.todo) + sum(len(s.items) for s in self.retry)
+
+
+def plan_run(source: Source, output: str, config: PipelineConfig, load_features: Callable[[], Features],
+             on_progress: Progress | None = None) -> Plan:
+    """List the source, check the output, load the models, write the manifest, plan the shards;
+    then tell `on_progress` how many images are to do.
+
+    Args:
+        load_features: builds (or returns the cached) Features: called after the output checks,
+            so a bad output fails before any model is loaded.
+
+    Raises:
+        OutputError: `output` cannot be written, or holds something this run must not touch.
+    """
+    started = time.perf_counter()
+    items = source.list()
+    if config.run.limit:
+        items = items[:config.run.limit]
+    sink = ParquetSink(output)
+    sink.prepare(items, config.run.shard_size, config_fingerprint(config), config.run.overwrite)
+    loading = time.perf_counter()
+    features = load_features()
+    features.timer.add("load", time.perf_counter() - loading)  # model load/compile, once per run
+    todo = sink.plan(items, manifest_settings(config, source, features))
+    retry = _retry_shards(sink, items, config.run.shard_size, todo) if config.run.retry_errors else []
+    report = RunReport(output=output, inputs=len(items))
+    report.skipped = len(items) - sum(len(s.items) for s in todo) - sum(len(s.items) for s in retry)
+    plan = Plan(items, sink, features, todo, retry, report, started,
+                ErrorBudget(config.run.max_error_ratio, config.run.min_error_count))
+    if on_progress:
+        on_progress(0, 0, plan.todo_count)
+    return plan
+
+
+def _retry_shards(sink: ParquetSink, items: list[Item], shard_size: int, todo: Sequence[Shard]) -> list[Shard]:
+    """Complete shards holding rows that failed for a transient reason, with just those items."""
+    pending = {s.index for s in todo}
+    stats = sink.shard_stats()
+    shards = []
+    for index in range(0, (len(items) + shard_size - 1) // shard_size):
+        name = Shard(index, []).name
+        if index in pending or not any(stats.get(name, {}).get("errors", {}).get(k) for k in RETRYABLE):
+            continue
+        failed = sink.failed_ids(name, RETRYABLE)
+        chosen = [item for item in items[index * shard_size:(index + 1) * shard_size] if item.id in failed]
+        if chosen:
+            shards.append(Shard(index, chosen))
+    return shards
+
+
+def finish_run(plan: Plan, stats: dict[str, dict[str, Any]], engine: str,
+               stage_seconds: dict[str, float] | None = None, aborted: bool = False) -> RunReport:
+    """Record the shard stats and this run in the manifest, and check the error ratio.
+
+    Args:
+        stats: the stats (rows, failed, errors) of every shard this run wrote, by shard name.
+        engine: the runner's name, for the manifest.
+        stage_seconds: seconds per stage summed over the workers (default: the driver's timer).
+        aborted: the run stopped early (ErrorBudget); the verdict is then this run's.
+
+    Raises:
+        TooManyErrors: more than `max_error_ratio` of the output's rows failed.
+    """
+    report = plan.report
+    report.ok = report.processed - report.failed
+    report.seconds = time.perf_counter() - plan.started
+    report.stage_seconds = dict(stage_seconds if stage_seconds is not None else plan.features.timer.seconds)
+    totals = plan.sink.finish({"last_run": dict(report.to_dict(), engine=engine, aborted=aborted)}, stats)
+    report.output_rows, report.output_failed = totals["rows"], totals["failed"]
+    if not aborted and report.output_rows:
+        plan.budget.check(report.output_rows, report.output_failed, where="in the output", min_count=1)
+    return report
+
+
+def merge_errors(counts: Sequence[dict[str, int]]) -> dict[str, int]:
+    """Sum error counts by kind."""
+    total: Counter = Counter()
+    for count in counts:
+        total.update(count)
+    return dict(total)
