@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 import imgfeat  # noqa: E402
-from imgfeat.runners._engine import SUMMARY_SCHEMA  # noqa: E402
+from imgfeat.runners.tasks import SUMMARY_SCHEMA  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "engines.json"
 

@@ -32,8 +32,8 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from imgfeat.dedup import find_duplicates  # noqa: E402
-from imgfeat.index import FeatureIndex, feature_files, iter_feature_batches  # noqa: E402
+from imgfeat.retrieval.dedup import find_duplicates  # noqa: E402
+from imgfeat.retrieval.index import FeatureIndex, feature_files, iter_feature_batches  # noqa: E402
 from imgfeat.schema import output_schema  # noqa: E402
 
 

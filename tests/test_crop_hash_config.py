@@ -121,7 +121,8 @@ def test_public_api_is_pinned():
         "ImgfeatError", "Item", "MissingExtra", "ModelUnavailable", "OutputError", "Pipeline",
         "PipelineConfig", "ReadDecode", "RunConfig", "RunReport", "SourceError", "TooManyErrors",
         "UnknownModel", "__version__", "create_detector", "create_embedder", "create_hasher",
-        "crop", "decode_image", "expand_box", "extract", "info", "open_source", "select_main",
+        "crop", "decode_image", "dedup", "expand_box", "extract", "index", "info", "load_index",
+        "open_source", "read_features", "search", "select_main",
     ])
     for name in imgfeat.__all__:
         assert hasattr(imgfeat, name), name
@@ -130,7 +131,7 @@ def test_public_api_is_pinned():
 def test_query_configs_use_one_stream_with_every_core():
     # search and serve embed one batch at a time: the extraction's streams must not leave
     # them one thread per call
-    from imgfeat.search import query_config
+    from imgfeat.retrieval.search import query_config
     from imgfeat.serve.service import ServeConfig, pipeline_config_for
 
     extracted = PipelineConfig.from_options(streams=3, detector="test-blob", embedder="test-tiny").to_dict()

@@ -15,10 +15,11 @@ pytest.importorskip("faiss")
 
 import imgfeat  # noqa: E402
 from imgfeat.cli import main  # noqa: E402
-from imgfeat.dedup import _components, _union_find, find_duplicates, load_reviews, save_review  # noqa: E402
+from imgfeat.retrieval.dedup import _components, _union_find, find_duplicates  # noqa: E402
+from imgfeat.retrieval.reviews import load_reviews, save_review  # noqa: E402
 from imgfeat.errors import ConfigError  # noqa: E402
-from imgfeat.index import FeatureIndex  # noqa: E402
-from imgfeat.report import write_report  # noqa: E402
+from imgfeat.retrieval.index import FeatureIndex  # noqa: E402
+from imgfeat.retrieval.report import write_report  # noqa: E402
 
 from conftest import FAST_MODELS, SAMPLES  # noqa: E402
 

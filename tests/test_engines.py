@@ -20,7 +20,7 @@ import imgfeat.ray
 import imgfeat.spark
 from imgfeat.errors import MissingExtra
 from imgfeat.runners import RUNNERS
-from imgfeat.runners._engine import FAULT_ENV
+from imgfeat.runners.tasks import FAULT_ENV
 
 from conftest import AWKWARD, FAST_MODELS, SAMPLES, blob_image
 

@@ -14,7 +14,7 @@ pytest.importorskip("faiss")
 
 from imgfeat.cli import main  # noqa: E402
 from imgfeat.errors import ConfigError, OutputError, SourceError, UnknownId  # noqa: E402
-from imgfeat.index import FeatureIndex  # noqa: E402
+from imgfeat.retrieval.index import FeatureIndex  # noqa: E402
 from imgfeat.schema import output_schema  # noqa: E402
 
 MODELS = {"detector": "none", "embedder": "synthetic", "hasher": "rproj-64-s0"}
@@ -132,8 +132,8 @@ def test_add_equals_full_rebuild_and_skips_present_ids(data, tmp_path, kind):
     second = write_features(tmp_path / "b", vectors[1000:], ids[1000:])  # overlaps 1000..1199
     full = write_features(tmp_path / "all", vectors, ids)
     index = FeatureIndex.build(first, kind=kind)
-    assert index.add(second) == 800
-    assert index.add(second) == 0
+    assert index.add(second) == (800, 200)  # 200 ids were already indexed
+    assert index.add(second) == (0, 1000)
     assert len(index) == 2000
     rebuilt = FeatureIndex.build(full, kind=kind)
     queries = vectors[::97]

@@ -126,7 +126,7 @@ def test_refuses_a_foreign_non_empty_folder(blob_folder, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "important.txt").write_text("keep me")
-    with pytest.raises(OutputError, match="not empty"):
+    with pytest.raises(OutputError, match="did not write"):
         imgfeat.extract(blob_folder, out, **FAST_MODELS)
     assert (out / "important.txt").exists()
 

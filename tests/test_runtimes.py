@@ -105,6 +105,9 @@ def _photos() -> list[np.ndarray]:
     return images
 
 
+NEAR_TIE = 0.1  # bf16 moved detection scores by up to 0.066 on the samples: closer ones may swap
+
+
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     x1, y1 = max(a[0], b[0]), max(a[1], b[1])
     x2, y2 = min(a[2], b[2]), min(a[3], b[3])
@@ -117,7 +120,12 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 @needs_openvino
 def test_openvino_accuracy_gate_on_real_photos():
     """The faster path keeps embeddings (cosine >= 0.99) and the main detection (same label,
-    IoU >= 0.9) of the onnxruntime float32 reference on every sample photo."""
+    IoU >= 0.9) of the onnxruntime float32 reference on every sample photo.
+
+    On a CPU with native bf16, OpenVINO computes in bf16, which moves detection scores by up to
+    0.07: where the reference's top detections are within NEAR_TIE of each other (kites_beach:
+    a kite 0.580, a person 0.577) either may come first, so the main detection must be one of
+    those near-tied reference detections, never anything else."""
     images = _photos()
     assert len(images) >= 10
     results = {}
@@ -129,14 +137,17 @@ def test_openvino_accuracy_gate_on_real_photos():
     (ref_dets, ref_emb), (ov_dets, ov_emb) = results["onnxruntime"], results["openvino"]
     cosines = np.sum(ref_emb * ov_emb, axis=1)
     assert cosines.min() >= 0.99, cosines
-    compared = 0
+    compared = clear = 0
     for ref, got in zip(ref_dets, ov_dets):
         if not len(ref) or ref[0, 4] < 0.3:
             continue
         compared += 1
-        assert got[0, 5] == ref[0, 5], (ref[0], got[0])
-        assert _iou(ref[0, :4], got[0, :4]) >= 0.9, (ref[0], got[0])
-    assert compared >= 8
+        tied = ref[ref[:, 4] >= ref[0, 4] - NEAR_TIE]
+        matches = [c for c in tied if c[5] == got[0, 5] and _iou(c[:4], got[0, :4]) >= 0.9]
+        assert matches, (tied, got[0])
+        assert abs(float(matches[0][4]) - float(got[0, 4])) <= NEAR_TIE, (matches[0], got[0])
+        clear += len(tied) == 1
+    assert compared >= 8 and clear >= 5, (compared, clear)  # 14 and 7 on the samples here
 
 
 @pytest.mark.gpu

@@ -43,8 +43,8 @@ def _jpeg(path, side: int | None = None, quality: int = 90) -> bytes:
 def served(tmp_path_factory):
     """Features of six sample photos plus a re-encoded smaller copy of dog.jpg (a duplicate),
     the saved index, the dedup groups, and a TestClient over the app."""
-    from imgfeat.dedup import find_duplicates
-    from imgfeat.index import FeatureIndex
+    from imgfeat.retrieval.dedup import find_duplicates
+    from imgfeat.retrieval.index import FeatureIndex
     from imgfeat.serve import ServeConfig, create_app
 
     root = tmp_path_factory.mktemp("serve")
@@ -155,7 +155,7 @@ def test_page_and_static_files(served):
 @pytest.mark.slow
 def test_groups_and_not_duplicate_review(served):
     """The dog and its copy form a group; "not duplicate" is stored and the next dedup respects it."""
-    from imgfeat.dedup import find_duplicates, load_reviews
+    from imgfeat.retrieval.dedup import find_duplicates, load_reviews
 
     client = served["client"]
     page = client.get("/groups?offset=0&limit=50").json()

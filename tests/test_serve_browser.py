@@ -22,8 +22,8 @@ PHOTOS = ["dog.jpg", "horses.jpg", "eagle.jpg", "coffee_cup.jpg", "kite_sky.jpg"
 @pytest.fixture(scope="module")
 def page_server(tmp_path_factory):
     """Default-model features of a few photos plus a duplicate, served by uvicorn in a thread."""
-    from imgfeat.dedup import find_duplicates
-    from imgfeat.index import FeatureIndex
+    from imgfeat.retrieval.dedup import find_duplicates
+    from imgfeat.retrieval.index import FeatureIndex
     from imgfeat.serve import create_app
     from imgfeat.serve.background import BackgroundServer
 

@@ -31,7 +31,7 @@ from conftest import FAST_MODELS, SAMPLES, blob_image
 from imgfeat.config import PipelineConfig
 from imgfeat.decode import decode_image
 from imgfeat.sources import Item
-from imgfeat.stages import DecodedItem, Features
+from imgfeat.stages import Features, ImageBatch
 
 REAL_MODELS = os.environ.get("IMGFEAT_SERVE_LOAD_MODELS", "fast") == "default"
 CLIENTS = 8
@@ -51,7 +51,7 @@ def _jpeg(path, side: int) -> bytes:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     """An index, a few upload bodies, and the app served by uvicorn on 127.0.0.1."""
-    from imgfeat.index import FeatureIndex
+    from imgfeat.retrieval.index import FeatureIndex
     from imgfeat.serve.service import ServeConfig, pipeline_config_for
 
     root = tmp_path_factory.mktemp("serve-load")
@@ -124,11 +124,12 @@ def _offline_images_per_second(config: PipelineConfig, uploads: list[bytes], cou
     """Decode + Features in batches of 16 in this process: what the offline runner's loop does."""
     features = Features(config)
     bodies = [uploads[i % len(uploads)] for i in range(count)]
-    features([DecodedItem(Item("warm", "warm"), decode_image(bodies[0], config.decode))])
+    features(ImageBatch([Item("warm", "warm")], [decode_image(bodies[0], config.decode)]))
     start = time.perf_counter()
     for i in range(0, count, 16):
-        features([DecodedItem(Item(str(j), "x"), decode_image(body, config.decode))
-                  for j, body in enumerate(bodies[i:i + 16])])
+        chunk = bodies[i:i + 16]
+        features(ImageBatch([Item(str(j), "x") for j in range(len(chunk))],
+                            [decode_image(body, config.decode) for body in chunk]))
     return count / (time.perf_counter() - start)
 
 

@@ -3,6 +3,8 @@
     import imgfeat
     report = imgfeat.extract("photos/", "features/", batch_size=16)
     print(imgfeat.info("features/"))
+    index = imgfeat.index("features/", "index/"); imgfeat.search(index, ["query.jpg"], k=5)
+    groups = imgfeat.dedup("features/", threshold=0.9)
 
 Per-batch functions for your own loops or engines: `decode_image`, `create_detector`,
 `create_embedder`, `create_hasher`, `select_main`, `expand_box`, `crop`, and the stage
@@ -11,7 +13,7 @@ classes `ReadDecode`, `Features`, `Pipeline`.
 
 from ._version import __version__
 
-from .api import extract, info  # noqa: E402
+from .api import dedup, extract, index, info, load_index, read_features, search  # noqa: E402
 from .config import DecodeConfig, DetectConfig, EmbedConfig, PipelineConfig, RunConfig  # noqa: E402
 from .crop import crop, expand_box, select_main  # noqa: E402
 from .decode import Decoded, decode_image  # noqa: E402
@@ -29,5 +31,6 @@ __all__ = [
     "ImgfeatError", "Item", "MissingExtra", "ModelUnavailable", "OutputError", "Pipeline",
     "PipelineConfig", "ReadDecode", "RunConfig", "RunReport", "SourceError", "TooManyErrors",
     "UnknownModel", "__version__", "create_detector", "create_embedder", "create_hasher", "crop",
-    "decode_image", "expand_box", "extract", "info", "open_source", "select_main",
+    "decode_image", "dedup", "expand_box", "extract", "index", "info", "load_index", "open_source",
+    "read_features", "search", "select_main",
 ]

@@ -1,16 +1,27 @@
-"""The Python API that mirrors the CLI: `extract` and `info`."""
+"""The Python API that mirrors the CLI: extract, info, index, search, dedup, read_features.
+
+    report = imgfeat.extract("photos/", "features/")
+    imgfeat.info("features/")                      # counts, errors by kind, models
+    frame = imgfeat.read_features("features/").to_pandas()
+    index = imgfeat.index("features/", "index/")   # or imgfeat.load_index("index/")
+    hits = imgfeat.search(index, ["query.jpg"], k=5)
+    groups = imgfeat.dedup("features/", threshold=0.9)
+"""
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .config import PipelineConfig
-from .errors import OutputError
+from .dataset import FeatureDataset, open_features
+from .errors import OutputError, SourceError
 from .runners import RunReport, get_runner
-from .sources import Source, open_source
+from .sources import Source, check_output_apart, open_source
+
+if TYPE_CHECKING:
+    from .retrieval.index import FeatureIndex
 
 
 def extract(source: str | os.PathLike | Source, output: str | os.PathLike, *,
@@ -43,47 +54,104 @@ def extract(source: str | os.PathLike | Source, output: str | os.PathLike, *,
         >>> report.ok, report.failed  # doctest: +SKIP
     """
     config = PipelineConfig.resolve(config, options)
+    runner = get_runner(engine)
     if not isinstance(source, Source):
         source = open_source(os.fspath(source), include=include, content_column=content_column,
                              path_column=path_column, id_column=id_column)
-    return get_runner(engine)(source, os.fspath(output), config, on_progress=on_progress,
-                              **(engine_options or {}))
+    check_output_apart(source, os.fspath(output))
+    bar = None
+    if on_progress is None and config.run.progress:
+        from .progress import ProgressBar
+
+        bar = ProgressBar("extract", unit="img")
+        on_progress = bar.update
+    try:
+        return runner(source, os.fspath(output), config, on_progress=on_progress, **(engine_options or {}))
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def info(output: str | os.PathLike) -> dict[str, Any]:
     """Summarise a feature dataset: rows, status and error counts, schema, models, completeness.
 
+    Works on any Parquet with the output schema; without a manifest (e.g. written by
+    `imgfeat.spark.extract(...).write.parquet`) the shard counts and models come from the rows.
+
     Raises:
-        OutputError: `output` has no manifest (not an imgfeat output).
+        OutputError: nothing readable at `output`, or not imgfeat features.
     """
-    import pyarrow.dataset as ds
-    from fsspec.core import url_to_fs
+    from .stages import error_kind
 
-    from .runners.local import error_kind
-    from .sinks import MANIFEST
-
-    output = os.fspath(output)
-    fs, root = url_to_fs(output)
-    manifest_path = f"{root.rstrip('/')}/{MANIFEST}"
-    if not fs.exists(manifest_path):
-        raise OutputError(f"{output} has no {MANIFEST}: not an imgfeat output (or not started)")
-    with fs.open(manifest_path, "r") as fh:
-        manifest = json.load(fh)
-    files = sorted(p for p in fs.ls(root, detail=False)
-                   if os.path.basename(p).startswith("part-") and p.endswith(".parquet"))
-    summary: dict[str, Any] = {
-        "output": output, "rows": 0, "status": {}, "errors": {}, "shards": len(files),
-        "shards_expected": manifest.get("num_shards"), "inputs": manifest.get("inputs"),
-        "complete": len(files) == manifest.get("num_shards"),
-        "models": manifest.get("models"), "model_digests": manifest.get("model_digests"),
-        "schema": manifest.get("schema"), "created": manifest.get("created"),
-        "source": manifest.get("source"),
+    try:
+        dataset = open_features(output)
+    except SourceError as exc:
+        raise OutputError(str(exc)) from exc
+    manifest = dataset.manifest or {}
+    expected = manifest.get("num_shards")
+    status: Counter = Counter()
+    errors: Counter = Counter()
+    for batch in dataset.iter_batches(["status", "error"]):
+        status.update(batch.column("status").to_pylist())
+        errors.update(error_kind(e) for e in batch.column("error").to_pylist() if e)
+    return {
+        "output": os.fspath(output), "rows": sum(status.values()), "status": dict(status),
+        "errors": dict(errors), "shards": len(dataset.files), "shards_expected": expected,
+        "inputs": manifest.get("inputs"),
+        "complete": len(dataset.files) == expected if expected is not None else None,
+        "models": dataset.models, "model_digests": manifest.get("model_digests"),
+        "schema": [f"{f.name}: {f.type}" for f in dataset.schema], "created": manifest.get("created"),
+        "source": manifest.get("source"), "manifest": bool(dataset.manifest),
     }
-    if files:
-        dataset = ds.dataset(files, format="parquet", filesystem=fs)
-        table = dataset.to_table(columns=["status", "error"])
-        summary["rows"] = table.num_rows
-        summary["status"] = dict(Counter(table.column("status").to_pylist()))
-        summary["errors"] = dict(Counter(error_kind(e) for e in table.column("error").to_pylist() if e))
-        summary["schema"] = [f"{f.name}: {f.type}" for f in dataset.schema]
-    return summary
+
+
+def read_features(source: str | os.PathLike | Sequence[str | os.PathLike]) -> FeatureDataset:
+    """A feature dataset to read: `.to_pandas()`, `.read(columns, status="ok")`, `.iter_batches()`.
+
+    `source` is an output folder (local or fsspec URL), a Parquet file or a list of them.
+    """
+    return open_features(source)
+
+
+def index(features: str | os.PathLike | Sequence[str | os.PathLike], output: str | os.PathLike | None = None,
+          *, kind: str = "auto", codes: bool = True) -> "FeatureIndex":
+    """Build a FAISS index over the ok rows of `features`, saved to `output` when given.
+
+    See `imgfeat.retrieval.index.FeatureIndex` for kinds ("auto", "flat", "hnsw", "ivf", "ivfpq").
+    """
+    from .retrieval.index import FeatureIndex
+
+    built = FeatureIndex.build(features, kind=kind, codes=codes)
+    if output is not None:
+        built.save(output)
+    return built
+
+
+def load_index(path: str | os.PathLike) -> "FeatureIndex":
+    """An index folder written by `imgfeat index` or `imgfeat.index(..., output)`."""
+    from .retrieval.index import FeatureIndex
+
+    return FeatureIndex.load(path)
+
+
+def search(index: "FeatureIndex | str | os.PathLike", images: Sequence[Any] | None = None, *,
+           k: int = 10, **options: Any) -> Any:
+    """The `k` nearest indexed images of query images (paths, URLs or bytes) or ids (`ids=[...]`).
+
+    Returns a pandas.DataFrame as `imgfeat search --csv` prints; see `imgfeat.retrieval.search.search`.
+    """
+    from .retrieval.search import search as run_search
+
+    if not hasattr(index, "search"):
+        index = load_index(index)
+    return run_search(index, images, k=k, **options)
+
+
+def dedup(source: Any, threshold: float = 0.9, **options: Any) -> Any:
+    """Near-duplicate groups of a feature dataset or index, as a pandas.DataFrame.
+
+    See `imgfeat.retrieval.dedup.find_duplicates` for the options (reviews, representative, kind).
+    """
+    from .retrieval.dedup import find_duplicates
+
+    return find_duplicates(source, threshold, **options)

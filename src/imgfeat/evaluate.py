@@ -260,16 +260,11 @@ class PipelineEmbedder:
         self.dim = self.features.embedder.dim
 
     def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        from .decode import Decoded
-        from .sources import Item
-        from .stages import DecodedItem
+        from .stages import ImageBatch
 
         embeddings, boxes = [], []
         for start in range(0, len(images), self.batch_size):
-            batch = [DecodedItem(Item(str(start + i), f"benchmark#{start + i}"),
-                                 Decoded(image, image.shape[1], image.shape[0]))
-                     for i, image in enumerate(images[start:start + self.batch_size])]
-            table = self.features(batch)
+            table = self.features(ImageBatch.of_images(images[start:start + self.batch_size], "benchmark"))
             embeddings.append(np.stack(table.column("embedding").to_numpy(zero_copy_only=False)))
             boxes.append(np.stack(table.column("box").to_numpy(zero_copy_only=False)))
         return np.concatenate(embeddings).astype(np.float32), np.concatenate(boxes).astype(np.float32)

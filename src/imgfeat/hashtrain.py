@@ -62,34 +62,26 @@ class DeepBitSettings:
 
 
 def read_features(path: str | os.PathLike) -> FeatureSet:
-    """Read the ok rows (id, path, box, embedding, embedder) of a dataset from `imgfeat extract`.
+    """Read the ok rows (id, path, box, embedding, embedder) of a dataset from `imgfeat extract`
+    (a folder, local or remote, or any Parquet with the output schema: `dataset.open_features`).
 
     Raises:
-        SourceError: no Parquet shards at `path`, or no ok rows.
+        SourceError: no feature Parquet at `path`, or no ok rows.
         ConfigError: rows from more than one embedder.
     """
-    import pyarrow.compute as pc
-    import pyarrow.dataset as ds
-    from fsspec.core import url_to_fs
+    from .dataset import embedding_matrix, open_features
 
-    fs, root = url_to_fs(os.fspath(path))
-    if not fs.exists(root):
-        raise SourceError(f"features not found: {path} (write them with `imgfeat extract`)")
-    files = sorted(p for p in fs.ls(root, detail=False)
-                   if os.path.basename(p).startswith("part-") and p.endswith(".parquet"))
-    if not files:
-        raise SourceError(f"{path} holds no part-*.parquet shards: not an `imgfeat extract` output")
-    table = ds.dataset(files, format="parquet", filesystem=fs).to_table(
-        columns=["id", "path", "status", "box", "embedding", "embedder", "hasher"])
-    table = table.filter(pc.equal(table.column("status"), "ok"))
+    dataset = open_features(path)
+    columns = [c for c in ("id", "path", "box", "embedding", "embedder", "hasher") if c in dataset.schema.names]
+    table = dataset.read(columns, status="ok")
     if table.num_rows == 0:
         raise SourceError(f"{path} has no rows with status ok to train on")
     embedders = set(table.column("embedder").to_pylist())
     if len(embedders) != 1:
         raise ConfigError(f"{path} mixes embedders {sorted(map(str, embedders))}; train one hash per embedder")
-    embeddings = np.stack(table.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
+    embeddings = embedding_matrix(table.column("embedding"), dataset.dim)
     boxes = np.stack(table.column("box").to_numpy(zero_copy_only=False)).astype(np.float32)
-    hashers = set(table.column("hasher").to_pylist())
+    hashers = set(table.column("hasher").to_pylist()) if "hasher" in table.column_names else set()
     return FeatureSet(ids=table.column("id").to_pylist(), paths=table.column("path").to_pylist(),
                       boxes=boxes, embeddings=embeddings, embedder=embedders.pop(),
                       hasher=hashers.pop() if len(hashers) == 1 else None)

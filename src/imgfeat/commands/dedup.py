@@ -40,8 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _dedup(args: argparse.Namespace) -> int:
-    from ..dedup import default_reviews_path, find_duplicates, write_groups
-    from ..report import write_report
+    from ..retrieval.dedup import default_reviews_path, find_duplicates, write_groups
+    from ..retrieval.report import write_report
 
     reviews = args.reviews or default_reviews_path(args.output)
     groups = find_duplicates(args.source, args.threshold, representative=args.representative,

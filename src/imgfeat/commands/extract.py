@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from ..config import (
     DEFAULT_BATCH_SIZES, DecodeConfig, DetectConfig, EmbedConfig, RunConfig, default_streams, default_workers,
@@ -81,8 +80,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--shard-size", type=int, default=d_run.shard_size,
                    help=f"images per output file, the unit of resume (default {d_run.shard_size})")
     g.add_argument("--max-error-ratio", type=float, default=1.0,
-                   help="exit 1 when more than this share of images fail (default 1.0: never)")
-    g.add_argument("--overwrite", action="store_true", help="delete the output first and start over")
+                   help="stop and exit 1 when more than this share of images fail, checked once "
+                        f"{d_run.min_error_count} are done and over the whole output (default 1.0: never)")
+    g.add_argument("--retries", type=int, default=d_run.retries,
+                   help=f"tries of a read that failed for a transient reason (unreachable, timeout; "
+                        f"default {d_run.retries})")
+    g.add_argument("--retry-errors", action="store_true",
+                   help="recompute, in place, the rows of this output that failed for a transient reason")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start over: delete imgfeat's own files in the output (never anything else)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--json", action="store_true", help="print the run report as JSON")
     p.set_defaults(handler=_extract)
@@ -97,35 +103,21 @@ def _extract(args: argparse.Namespace) -> int:
         dtype=args.dtype, code_bits=args.code_bits, hasher=args.hash, batch_size=args.batch_size,
         workers=args.workers, streams=args.streams, threads=args.threads, device=args.device, runtime=args.runtime,
         shard_size=args.shard_size, limit=args.limit, overwrite=args.overwrite,
-        max_error_ratio=args.max_error_ratio, max_pixels=args.max_pixels, max_side=args.max_side,
-        progress=not args.no_progress,
+        max_error_ratio=args.max_error_ratio, retries=args.retries, retry_errors=args.retry_errors,
+        max_pixels=args.max_pixels, max_side=args.max_side, progress=not args.no_progress,
     )
     engine_options = {k: v for k, v in (("master", args.master), ("address", args.address)) if v}
-    bar = None
-
-    def progress(done: int, errors: int, todo: int) -> None:
-        nonlocal bar
-        if bar is None:  # created once the number of images to do is known
-            from tqdm import tqdm
-            bar = tqdm(total=todo, unit="img", desc="extract", dynamic_ncols=True, file=sys.stderr)
-        bar.update(done)
-        bar.set_postfix(errors=errors, refresh=False)
-
-    try:
-        report = extract(args.source, args.output, include=args.include,
-                         content_column=args.content_column, path_column=args.path_column,
-                         id_column=args.id_column, on_progress=None if args.no_progress else progress,
-                         engine=args.engine, engine_options=engine_options, **options)
-    finally:
-        if bar is not None:
-            bar.close()
+    report = extract(args.source, args.output, include=args.include, content_column=args.content_column,
+                     path_column=args.path_column, id_column=args.id_column, engine=args.engine,
+                     engine_options=engine_options, **options)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
     errors = ", ".join(f"{k} {v}" for k, v in sorted(report.errors.items())) or "none"
     print(f"{report.processed} images in {report.seconds:.1f} s ({report.images_per_second:.1f} img/s): "
           f"{report.ok} ok, {report.failed} failed ({errors})"
-          + (f"; {report.skipped} already done, skipped" if report.skipped else ""))
+          + (f"; {report.skipped} already done, skipped" if report.skipped else "")
+          + (f"; {report.retried} failed rows retried" if report.retried else ""))
     print(f"features: {args.output}  (imgfeat info {args.output})")
     return 0
 

@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _index(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
-    from ..index import INDEX_JSON, FeatureIndex
+    from ..dataset import INDEX_JSON
+    from ..retrieval.index import FeatureIndex
 
     started = time.perf_counter()
     if args.remove:
@@ -56,9 +57,9 @@ def _index(args: argparse.Namespace) -> int:
     elif args.add and os.path.exists(os.path.join(args.output, INDEX_JSON)):
         index = FeatureIndex.load(args.output)
         before = len(index)
-        added = index.add(args.source)
+        added, skipped = index.add(args.source)
         index.save(args.output)
-        message = (f"added {added} vectors ({before} -> {len(index)}, {len(index) - before - added} "
+        message = (f"added {added} vectors ({before} -> {len(index)}; {skipped} ids already there, "
                    f"skipped) to {args.output} in {time.perf_counter() - started:.1f} s")
     else:
         index = FeatureIndex.build(args.source, kind=args.kind, codes=not args.no_codes)

@@ -37,8 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _search(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
-    from ..index import FeatureIndex
-    from ..search import search
+    from ..retrieval.index import FeatureIndex
+    from ..retrieval.search import search
 
     if not args.images and not args.ids:
         raise ConfigError("give query IMAGEs or --id ID")

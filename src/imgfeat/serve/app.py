@@ -87,7 +87,7 @@ def create_app(index_path: Any, groups_path: str | os.PathLike | None = None,
     Raises:
         ConfigError: see `SearchService`; errors of `FeatureIndex.load` for a bad index path.
     """
-    from ..index import FeatureIndex
+    from ..retrieval.index import FeatureIndex
 
     index = index_path if isinstance(index_path, FeatureIndex) else FeatureIndex.load(index_path)
     service = SearchService(index, groups_path, reviews_path, config)

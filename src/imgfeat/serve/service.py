@@ -30,9 +30,11 @@ from PIL import Image
 from ..config import DecodeConfig, PipelineConfig
 from ..decode import Decoded, decode_image
 from ..errors import ConfigError
-from ..search import query_config
+from ..dataset import embedding_matrix
+from ..retrieval.search import query_config
 from ..sources import Item
-from ..stages import DecodedItem, Features
+from ..stages import Features, ImageBatch
+from ..thumbs import ThumbnailError, thumbnail_of
 from .batching import MicroBatcher
 
 CODE_ENCODING = "hex"  # the binary code in JSON: numpy.packbits bytes as lowercase hex
@@ -151,7 +153,7 @@ class SearchService:
                               f"{self.features.embedder.name!r} makes {self.features.embedder.dim}-d ones")
         self.groups_path = os.fspath(groups_path) if groups_path is not None else None
         if reviews_path is None and self.groups_path is not None:
-            from ..dedup import default_reviews_path
+            from ..retrieval.reviews import default_reviews_path
 
             reviews_path = default_reviews_path(self.groups_path)  # where `imgfeat dedup` looks
         self.reviews_path = os.fspath(reviews_path) if reviews_path is not None else None
@@ -196,11 +198,11 @@ class SearchService:
 
     def _process(self, jobs: list[_Job]) -> list[dict[str, Any]]:
         """One model batch: features of every job, then one index search for those that ask."""
-        batch = [DecodedItem(Item(f"upload-{i}", "upload"), job.decoded) for i, job in enumerate(jobs)]
+        batch = ImageBatch([Item(f"upload-{i}", "upload") for i in range(len(jobs))], [job.decoded for job in jobs])
         table = self.features(batch)
         rows = table.select(["status", "error", "width", "height", "box", "label", "score", "crop",
                              "code"]).to_pylist()
-        embeddings = _embedding_matrix(table, self.features.embedder.dim)
+        embeddings = embedding_matrix(table.column("embedding"), self.features.embedder.dim)
         results: list[dict[str, Any]] = []
         for row, embedding in zip(rows, embeddings):
             if row["status"] != "ok":  # decode already passed, so this is the model's refusal
@@ -267,28 +269,11 @@ class SearchService:
         return thumb
 
     def _make_thumbnail(self, path: str) -> bytes:
-        from fsspec.core import url_to_fs
-
-        limit = self.pipeline.decode.max_bytes
         try:
-            fs, fs_path = url_to_fs(path)
-            if fs.size(fs_path) > limit:
-                raise RequestError(404, "image-unavailable", f"the image at {path} is over {limit} bytes")
-            with fs.open(fs_path, "rb") as fh:
-                content = fh.read()
-        except (OSError, ValueError) as exc:
-            raise RequestError(404, "image-unavailable",
-                               f"the indexed image can no longer be read from {path}: {exc}") from exc
-        size = self.config.thumb_size
-        decoded = decode_image(content, DecodeConfig(max_pixels=self.pipeline.decode.max_pixels,
-                                                     max_side=2 * size))
-        if decoded.error is not None:
-            raise RequestError(404, "image-unavailable", f"the indexed image at {path}: {decoded.error}")
-        with Image.fromarray(decoded.image) as image:
-            image.thumbnail((size, size), Image.Resampling.BILINEAR)
-            out = io.BytesIO()
-            image.save(out, format="JPEG", quality=85)
-        return out.getvalue()
+            return thumbnail_of(path, side=self.config.thumb_size, max_bytes=self.pipeline.decode.max_bytes,
+                                max_pixels=self.pipeline.decode.max_pixels)
+        except ThumbnailError as exc:
+            raise RequestError(404, "image-unavailable", f"the indexed image at {path}: {exc}") from exc
 
     def _require(self, item_id: str) -> None:
         if not self.index.contains(item_id):
@@ -319,7 +304,7 @@ class SearchService:
             RequestError: 404 without a reviews file; 422 for fewer than two distinct ids, or
                 ids that are not in the index.
         """
-        from ..dedup import save_review
+        from ..retrieval.reviews import save_review
 
         if self.reviews_path is None:
             raise RequestError(404, "no-reviews", "start the service with --groups (or --reviews) "
@@ -335,7 +320,7 @@ class SearchService:
         return {"ids": unique, "verdict": verdict}
 
     def _reviewed(self) -> dict[frozenset, str]:
-        from ..dedup import load_reviews
+        from ..retrieval.reviews import load_reviews
 
         if self.reviews_path is None or not os.path.exists(self.reviews_path):
             return {}
@@ -353,18 +338,6 @@ class SearchService:
                          "batches": stats.batches, "images": stats.jobs,
                          "mean_batch": round(stats.mean_batch, 2), "largest_batch": stats.largest},
         }
-
-
-def _embedding_matrix(table: Any, dim: int) -> np.ndarray:
-    column = table.column("embedding").combine_chunks()
-    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-    if len(values) == len(column) * dim:
-        return values.reshape(len(column), dim)
-    # null rows (errors) carry no values in the flattened child: place the valid ones
-    out = np.zeros((len(column), dim), np.float32)
-    valid = np.flatnonzero(column.is_valid().to_numpy(zero_copy_only=False))
-    out[valid] = values.reshape(len(valid), dim)
-    return out
 
 
 def _public_metadata(meta: dict[str, Any] | None) -> dict[str, Any]:

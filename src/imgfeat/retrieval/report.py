@@ -12,66 +12,23 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import os
 from typing import Any
 
-import numpy as np
-from PIL import Image, ImageDraw
-
-from .config import DecodeConfig
-from .decode import decode_image
+from ..storage import atomic_write
+from ..thumbs import ThumbnailError, placeholder, thumbnail_of
 
 THUMB_SIDE = 160
 MAX_GROUPS = 200
 
 
-def _read_bytes(path: str) -> bytes:
-    if "://" in path:
-        import fsspec
-
-        with fsspec.open(path, "rb") as fh:
-            return fh.read()
-    with open(path, "rb") as fh:
-        return fh.read()
-
-
-def placeholder(side: int, text: str = "?") -> bytes:
-    """A grey JPEG standing in for an image that cannot be read."""
-    image = Image.new("RGB", (side, side), (200, 200, 200))
-    ImageDraw.Draw(image).text((side // 2 - 4, side // 2 - 6), text, fill=(90, 90, 90))
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=70)
-    return out.getvalue()
-
-
 def thumbnail(path: str, box: Any = None, side: int = THUMB_SIDE) -> tuple[bytes, str | None]:
-    """A JPEG thumbnail of `box` (full-resolution pixels) in the image at `path`.
-
-    Returns:
-        (JPEG bytes, None), or (a placeholder JPEG, the reason) when the image cannot be read.
-    """
+    """A JPEG thumbnail of `box` in the image at `path`, or a placeholder and the reason."""
     try:
-        content = _read_bytes(path)
-    except OSError as exc:
-        return placeholder(side), f"read-error: {exc}"
-    decoded = decode_image(content, DecodeConfig(max_side=side * 4))
-    if decoded.error is not None:
-        return placeholder(side), decoded.error
-    image = decoded.image
-    if box is not None and len(box) == 4 and not np.isnan(np.asarray(box, dtype=np.float64)).any():
-        sx, sy = decoded.scale
-        h, w = image.shape[:2]
-        x1, y1 = max(0, int(box[0] / sx)), max(0, int(box[1] / sy))
-        x2, y2 = min(w, int(np.ceil(box[2] / sx))), min(h, int(np.ceil(box[3] / sy)))
-        if x2 > x1 and y2 > y1:
-            image = image[y1:y2, x1:x2]
-    picture = Image.fromarray(np.ascontiguousarray(image))
-    picture.thumbnail((side, side))
-    out = io.BytesIO()
-    picture.save(out, "JPEG", quality=80)
-    return out.getvalue(), None
+        return thumbnail_of(path, box, side), None
+    except ThumbnailError as exc:
+        return placeholder(side), str(exc)
 
 
 _STYLE = """
@@ -169,8 +126,7 @@ def write_report(groups: Any, path: str | os.PathLike, *, max_groups: int = MAX_
     """
     text = render_report(groups, max_groups=max_groups, side=side, title=title,
                          stats=stats if stats is not None else groups.attrs.get("stats"))
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
+    path = os.path.abspath(os.fspath(path))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic_write(path, text.encode("utf-8"))
     return min(max_groups, int(groups["group"].nunique()) if len(groups) else 0)

@@ -11,100 +11,30 @@ components of the pair graph (scipy.sparse.csgraph); each gets a representative:
 image (width x height) or the first indexed. Memory is the index (n x dim floats) plus one
 chunk of results; nothing is all-pairs.
 
-Reviews live in a JSON Lines file (`reviews.jsonl`, beside the groups by default), one record
-per verdict: {"ids": [sorted ids], "verdict": "not-duplicate", "at": "2024-05-01T12:00:00Z"}.
-The next run drops every pair (a, b) whose ids are together in a "not-duplicate" record.
+Reviews (reviews.py) live in a JSON Lines file beside the groups by default; pairs inside a
+"not-duplicate" record are dropped.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import ConfigError
-from .index import FLAT_MAX_VECTORS, FeatureIndex, count_ok_rows, feature_files
+from ..dataset import INDEX_JSON, open_features
+from ..errors import ConfigError
+from ..schema import STATUS_OK
+from ..storage import atomic_local_path
+from .faiss_kinds import FLAT_MAX_VECTORS
+from .index import FeatureIndex
+from .reviews import default_reviews_path, load_reviews, not_duplicate_sets  # noqa: F401  (re-exported)
 
 REPRESENTATIVES = ("largest", "first")
-VERDICTS = ("not-duplicate", "duplicate")
-REVIEWS_FILE = "reviews.jsonl"
 DEDUP_NPROBE = 8  # near-duplicates share a cell or a neighbouring one: few lists suffice
 GROUP_COLUMNS = ("group", "id", "path", "is_representative", "score", "size", "width", "height",
                  "box", "label")
-
-
-# --- reviews --------------------------------------------------------------------------------
-
-def save_review(reviews_path: str | os.PathLike, ids: Iterable[str], verdict: str = "not-duplicate") -> dict[str, Any]:
-    """Append a reviewer's verdict on a set of ids to the reviews file.
-
-    Args:
-        reviews_path: the JSON Lines file (created with its folder when missing).
-        ids: two or more ids judged together.
-        verdict: "not-duplicate" (the next dedup drops their pairs) or "duplicate" (recorded only).
-
-    Returns:
-        The record written: {"ids": sorted ids, "verdict": ..., "at": ISO time}.
-
-    Raises:
-        ConfigError: fewer than two distinct ids, or an unknown verdict.
-    """
-    unique = sorted({str(i) for i in ids})
-    if len(unique) < 2:
-        raise ConfigError(f"a review needs at least two distinct ids, got {unique}")
-    if verdict not in VERDICTS:
-        raise ConfigError(f"verdict must be one of {', '.join(VERDICTS)}, got {verdict!r}")
-    record = {"ids": unique, "verdict": verdict, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    reviews_path = os.fspath(reviews_path)
-    folder = os.path.dirname(os.path.abspath(reviews_path))
-    os.makedirs(folder, exist_ok=True)
-    line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    # one write() of one line on an O_APPEND descriptor: concurrent writers do not interleave
-    fd = os.open(reviews_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
-    return record
-
-
-def load_reviews(reviews_path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a reviews file, oldest first ([] when the file does not exist).
-
-    A last line without its newline (a write cut short) is ignored.
-
-    Raises:
-        ConfigError: a complete line is not a review record (the message names the line).
-    """
-    reviews_path = os.fspath(reviews_path)
-    if not os.path.exists(reviews_path):
-        return []
-    with open(reviews_path, encoding="utf-8") as fh:
-        lines = fh.read().split("\n")
-    records = []
-    for number, line in enumerate(lines[:-1], start=1):  # lines[-1] is "" or a cut-short write
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{reviews_path} line {number} is not JSON ({exc}): fix or delete that line") from exc
-        if not isinstance(record, dict) or not isinstance(record.get("ids"), list):
-            raise ConfigError(f"{reviews_path} line {number} is not a review record "
-                              '({"ids": [...], "verdict": ...}): fix or delete that line')
-        records.append(record)
-    return records
-
-
-def not_duplicate_sets(reviews: Sequence[dict[str, Any]]) -> list[list[str]]:
-    """The id sets of "not-duplicate" records (a later "duplicate" on the same set cancels it)."""
-    latest: dict[frozenset, str] = {}
-    for record in reviews:
-        latest[frozenset(str(i) for i in record["ids"])] = record.get("verdict", "not-duplicate")
-    return [sorted(ids) for ids, verdict in latest.items() if verdict == "not-duplicate"]
 
 
 def _review_keys(index: FeatureIndex, reviews: Sequence[dict[str, Any]], width: int) -> np.ndarray:
@@ -147,16 +77,39 @@ def _union_find(n: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 
 def _open_index(source: Any, kind: str) -> FeatureIndex:
+    """The index to search: `source` itself, an index folder, or one built from feature
+    folders (several are indexed together)."""
     if isinstance(source, FeatureIndex):
         return source
-    if isinstance(source, (str, os.PathLike)) and os.path.exists(os.path.join(os.fspath(source), "index.json")):
-        return FeatureIndex.load(source)
+    sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    if len(sources) == 1 and os.path.exists(os.path.join(os.fspath(sources[0]), INDEX_JSON)):
+        return FeatureIndex.load(sources[0])
     if kind == "auto":
-        count = count_ok_rows(feature_files(source).files)
+        count = sum(open_features(s).count(STATUS_OK) for s in sources)
         # exact below the flat limit; above it IVF-Flat: its scores are exact (no compression),
         # so the threshold means the same thing, and only far-away cells are skipped
         kind = "flat" if count < FLAT_MAX_VECTORS else "ivf"
-    return FeatureIndex.build(source, kind=kind, codes=False)
+    index = FeatureIndex.build(sources[0], kind=kind, codes=False)
+    for more in sources[1:]:
+        index.add(more)
+    return index
+
+
+def pairs_within(index: FeatureIndex, vectors: np.ndarray, labels: np.ndarray, threshold: float,
+                 max_neighbors: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (query label, neighbour label, score) with cosine >= threshold, self pairs dropped,
+    each query keeping at most its `max_neighbors` best (enough to connect a group)."""
+    rows, found, scores = index.range_search(vectors, threshold, max_neighbors)
+    query_labels = np.asarray(labels, np.int64)[rows]
+    keep = found != query_labels
+    rows, query_labels, found, scores = rows[keep], query_labels[keep], found[keep], scores[keep]
+    if max_neighbors and len(rows):
+        order = np.lexsort((-scores, rows))  # by query, then by score descending
+        sorted_rows = rows[order]
+        rank = np.arange(len(order)) - np.searchsorted(sorted_rows, sorted_rows, side="left")
+        keep = np.sort(order[rank < max_neighbors])
+        query_labels, found, scores = query_labels[keep], found[keep], scores[keep]
+    return query_labels, found, scores
 
 
 def find_duplicates(source: Any, threshold: float = 0.9, *, representative: str = "largest",
@@ -166,7 +119,8 @@ def find_duplicates(source: Any, threshold: float = 0.9, *, representative: str 
     """Group near-duplicate images: all pairs with cosine similarity >= threshold, joined.
 
     Args:
-        source: a feature folder (or shards), an index folder, or a FeatureIndex.
+        source: a feature folder (local or URL), several of them (grouped together), an index
+            folder, or a FeatureIndex.
         threshold: cosine similarity of two embeddings to call them duplicates (0-1; ~0.9
             for the default embedder: see docs/search.md).
         representative: "largest" (most pixels; ties: first) or "first" (first indexed).
@@ -197,20 +151,19 @@ def find_duplicates(source: Any, threshold: float = 0.9, *, representative: str 
     if nprobe is not None or (not isinstance(source, FeatureIndex) and index.kind in ("ivf", "ivfpq")):
         index.params["nprobe"] = nprobe or DEDUP_NPROBE
     records = load_reviews(reviews) if isinstance(reviews, (str, os.PathLike)) else list(reviews or [])
-    width = max(index._next_label, 1)
+    width = max(index.next_label, 1)
     review_keys = _review_keys(index, records, width)
 
     pair_keys = []
     dropped = 0
     for labels, vectors in index.iter_vectors(chunk_rows):
-        queries, neighbours, _ = index.range_pairs(vectors, labels, threshold, max_neighbors)
-        keys = np.minimum(queries, neighbours) * width + np.maximum(queries, neighbours)
-        if len(review_keys):
-            reviewed = np.isin(keys, review_keys)
-            dropped += int(reviewed.sum())
-            keys = keys[~reviewed]
-        pair_keys.append(np.unique(keys))
+        queries, neighbours, _ = pairs_within(index, vectors, labels, threshold, max_neighbors)
+        pair_keys.append(np.unique(np.minimum(queries, neighbours) * width + np.maximum(queries, neighbours)))
     keys = np.unique(np.concatenate(pair_keys)) if pair_keys else np.zeros(0, np.int64)
+    if len(review_keys):  # each pair once, whichever direction found it
+        reviewed = np.isin(keys, review_keys)
+        dropped = int(reviewed.sum())
+        keys = keys[~reviewed]
     searched = time.perf_counter()
 
     lo, hi = keys // width, keys % width
@@ -270,12 +223,6 @@ def _describe_groups(index: FeatureIndex, members: Any, representative: str) -> 
 
 
 def write_groups(frame: Any, path: str | os.PathLike) -> None:
-    """Write the groups DataFrame to Parquet (folder created when missing)."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    frame.to_parquet(path, index=False)
-
-
-def default_reviews_path(groups_path: str | os.PathLike) -> str:
-    """reviews.jsonl beside the groups file."""
-    return os.path.join(os.path.dirname(os.path.abspath(os.fspath(groups_path))), REVIEWS_FILE)
+    """Write the groups DataFrame to Parquet, atomically (folder created when missing)."""
+    with atomic_local_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)

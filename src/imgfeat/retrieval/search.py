@@ -1,10 +1,9 @@
 """Search an index by image or by id; results as a DataFrame.
 
-    from imgfeat.index import FeatureIndex
-    from imgfeat.search import search
-    index = FeatureIndex.load("index/")
-    results = search(index, ["query.jpg"], k=10)       # query, id, path, score, rank, box, label
-    results = search(index, ids=["3f2a9c0d1e4b5a67"])  # neighbours of an indexed image
+    import imgfeat
+    index = imgfeat.load_index("index/")
+    results = imgfeat.search(index, ["query.jpg"], k=10)  # query, id, path, score, rank, box, label
+    results = imgfeat.search(index, ids=["3f2a9c0d1e4b5a67"])  # neighbours of an indexed image
 
 A query image goes through the same decode -> detect -> crop -> embed as extraction did:
 the `Features` stage is built from the PipelineConfig stored with the index (once per index),
@@ -21,12 +20,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import DecodeConfig, DetectConfig, EmbedConfig, PipelineConfig, RunConfig
-from .decode import decode_image
-from .errors import ConfigError
+from ..config import DecodeConfig, DetectConfig, EmbedConfig, PipelineConfig, RunConfig
+from ..decode import Decoded, decode_image
+from ..errors import ConfigError
+from ..sources import Item
+from ..stages import Features, ImageBatch
+from ..storage import ReadFailure, read_bytes
 from .index import FeatureIndex
-from .sources import Item
-from .stages import DecodedItem, Features
 
 RESULT_COLUMNS = ("query", "id", "path", "score", "rank", "box", "label", "error")
 USING = ("embedding", "code")
@@ -98,28 +98,15 @@ def query_features(index: FeatureIndex) -> Features:
     return features
 
 
-def _read(image: str | bytes | os.PathLike, config: DecodeConfig) -> tuple[str, Any]:
+def _read(image: str | bytes | os.PathLike, config: DecodeConfig) -> tuple[str, Decoded]:
     """(query label, Decoded) for a path/URL or raw bytes; failures become Decoded errors."""
-    from .decode import Decoded
-
     if isinstance(image, (bytes, bytearray, memoryview)):
         return "", decode_image(bytes(image), config)
     path = os.fspath(image)
     try:
-        if "://" in path:
-            import fsspec
-
-            with fsspec.open(path, "rb") as fh:
-                content = fh.read()
-        else:
-            if os.path.getsize(path) > config.max_bytes:
-                return path, Decoded(None, error=f"too-large: {os.path.getsize(path)} bytes")
-            with open(path, "rb") as fh:
-                content = fh.read()
-    except FileNotFoundError:
-        return path, Decoded(None, error=f"not-found: {path}")
-    except OSError as exc:
-        return path, Decoded(None, error=f"read-error: {exc}")
+        content = read_bytes(path, config.max_bytes)
+    except ReadFailure as failure:
+        return path, Decoded(None, error=failure.reason)
     return path, decode_image(content, config)
 
 
@@ -130,13 +117,13 @@ def embed_queries(index: FeatureIndex, images: Sequence[str | bytes | os.PathLik
         (query labels, Arrow table in the output schema: one row per image, errors included).
     """
     features = query_features(index)
-    labels, batch = [], []
+    labels, items, decoded = [], [], []
     for i, image in enumerate(images):
-        label, decoded = _read(image, features.config.decode)
-        label = label or f"image-{i}"
-        labels.append(label)
-        batch.append(DecodedItem(Item(f"query-{i}", label), decoded))
-    return labels, features(batch)
+        label, result = _read(image, features.config.decode)
+        labels.append(label or f"image-{i}")
+        items.append(Item(f"query-{i}", labels[-1]))
+        decoded.append(result)
+    return labels, features(ImageBatch(items, decoded))
 
 
 def search(index: FeatureIndex, images: Sequence[str | bytes | os.PathLike] | None = None,

@@ -1,0 +1,9 @@
+"""Using the features: a FAISS index, search by image or id, near-duplicate groups, reviews,
+the HTML report. Needs the search extra (faiss-cpu, pandas): pip install 'imgfeat[search]'.
+
+    index.py        FeatureIndex (faiss_kinds.py: flat/hnsw/ivf/ivfpq; id_table.py; index_files.py)
+    search.py       query images -> the same Features stage -> index.search -> DataFrame
+    dedup.py        range search -> pairs -> connected components -> groups
+    reviews.py      reviewers' "not duplicate" verdicts (reviews.jsonl)
+    report.py       the HTML report of groups
+"""
