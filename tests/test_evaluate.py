@@ -11,10 +11,12 @@ from PIL import Image
 from conftest import PHOTOS
 from imgfeat import augment, cli
 from imgfeat.errors import ConfigError
-from imgfeat.evaluate import (
-    EvalSettings, average_precision, best_f1, build_benchmark, cosine_distances, distractor_windows,
-    hamming_distances, mean_average_precision, precision_recall, rank_order, top1_accuracy,
+from imgfeat.evaluate import EvalSettings
+from imgfeat.metrics import (
+    average_precision, best_f1, cosine_distances, hamming_distances, mean_average_precision, precision_recall,
+    rank_order, top1_accuracy,
 )
+from imgfeat.neardup_data import build_benchmark, distractor_windows
 
 # three queries over four database items; query 0 finds its item first, query 1 third,
 # query 2 (two relevant items) at ranks 1 and 3

@@ -13,7 +13,7 @@ import imgfeat
 from imgfeat.models.learned_hash import LinearHasher
 from imgfeat import cli
 from imgfeat.errors import ConfigError
-from imgfeat.evaluate import hamming_distances, mean_average_precision
+from imgfeat.metrics import hamming_distances, mean_average_precision
 from imgfeat.hashtrain import DeepBitSettings, fit_hasher, train_itq
 from imgfeat.models import create_hasher
 from imgfeat.models.hashing import RandomProjectionHasher
