@@ -132,3 +132,16 @@ def test_cli_dedup_with_default_reviews_file(features, tmp_path, capsys):
     assert stats["groups"] == 2 and stats["pairs_dropped_by_reviews"] >= 1
     assert main(["dedup", str(features), "--threshold", "1.5", "-o", str(out)]) == 1
     assert "threshold" in capsys.readouterr().err
+
+
+def test_cli_dedup_groups_across_several_feature_folders(features, tmp_path, capsys):
+    """A copy extracted into a second output is grouped with its original in the first."""
+    more = tmp_path / "more"
+    more.mkdir()
+    shutil.copy(SAMPLES / "kite_sky.jpg", more / "kite_again.jpg")
+    imgfeat.extract(more, tmp_path / "features2", **{**FAST_MODELS, "detector": "none"})
+    out = tmp_path / "groups.parquet"
+    assert main(["dedup", str(features), str(tmp_path / "features2"), "--threshold", str(THRESHOLD),
+                 "-o", str(out)]) == 0
+    assert "4 groups (8 images) among 14" in capsys.readouterr().out
+    assert ("kite_again.jpg", "kite_sky.jpg") in _pairs(pd.read_parquet(out))

@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Find every pair of images within a similarity threshold with a "
                                    "FAISS index, group them, pick a representative per group.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", help="a feature folder (from `imgfeat extract`) or an index folder")
+    p.add_argument("source", nargs="+",
+                   help="feature folders (from `imgfeat extract`, grouped together) or one index folder")
     p.add_argument("--threshold", type=float, default=0.9,
                    help="cosine similarity at or above which two images are duplicates (default 0.9)")
     p.add_argument("-o", "--output", required=True, help="the groups Parquet file to write")
@@ -44,7 +45,8 @@ def _dedup(args: argparse.Namespace) -> int:
     from ..retrieval.report import write_report
 
     reviews = args.reviews or default_reviews_path(args.output)
-    groups = find_duplicates(args.source, args.threshold, representative=args.representative,
+    source = args.source[0] if len(args.source) == 1 else args.source
+    groups = find_duplicates(source, args.threshold, representative=args.representative,
                              reviews=reviews, kind=args.kind, max_neighbors=args.max_neighbors)
     write_groups(groups, args.output)
     stats = dict(groups.attrs["stats"], output=args.output, reviews=reviews)
