@@ -43,8 +43,15 @@ def ray_connect(address: str | None = None) -> bool:
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
     check_address(address)
-    ray.init(address=address, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    # Ray's notice that a local cluster it starts uses token auth (it does; the token is made and
+    # kept by Ray) is not the user's business in an imgfeat run
+    setup = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = setup.level
+    setup.setLevel(logging.ERROR)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    finally:
+        setup.setLevel(level)
     # a session imgfeat started is imgfeat's to quiet: its own progress bar and report say
     # what Ray Data's INFO lines and non-TTY progress log would (a user's session is left as is)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
