@@ -128,3 +128,56 @@ def test_dangling_symlink_and_size_cap_are_error_rows(tmp_path, blob_folder):
     assert results[str(blob_folder / "dangling.jpg")].error.startswith("not-found:")
     source = open_source(str(blob_folder / "img0.jpg"))
     assert source.read(source.list(), 10)[0].error.startswith("too-large:")
+
+
+def test_csv_list_id_column_gives_the_ids_and_plain_lists_refuse_it(blob_folder, tmp_path):
+    files = sorted(str(f) for f in blob_folder.glob("*.jpg"))
+    listing = tmp_path / "list.csv"
+    with open(listing, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["sku", "path"])
+        writer.writerows([f"sku-{i}", f] for i, f in enumerate(files))
+    items = open_source(str(listing), id_column="sku").list()
+    assert [i.id for i in items] == [f"sku-{i}" for i in range(len(files))]
+    assert [i.uri for i in items] == files
+    plain = tmp_path / "list.txt"
+    plain.write_text("\n".join(files))
+    with pytest.raises(ConfigError, match="id-column"):
+        open_source(str(plain), id_column="sku")
+    with pytest.raises(ConfigError, match="id-column"):
+        open_source(str(blob_folder), id_column="sku")
+
+
+def test_a_registered_source_kind_is_all_a_new_source_needs(tmp_path):
+    """A source that is not a file at all: generated images, named gen://N."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    import imgfeat
+    from imgfeat.sources import SOURCE_KINDS, Item, ListedSource, ReadResult, SourceKind, register_source
+
+    class Generated(ListedSource):
+        def read(self, items, max_bytes, retry=None):
+            out = []
+            for item in items:
+                buf = io.BytesIO()
+                Image.fromarray(np.full((40, 60, 3), int(item.ref), np.uint8)).save(buf, "PNG")
+                out.append(ReadResult(item, content=buf.getvalue()))
+            return out
+
+    def open_generated(request):
+        count = int(request.spec[len("gen://"):])
+        return Generated([Item(f"g{i}", f"gen://{i}", i * 10) for i in range(count)], {"kind": "generated"})
+
+    kind = register_source(SourceKind("generated", lambda r: r.spec.startswith("gen://"), open_generated,
+                                      must_exist=False), before="glob")
+    try:
+        report = imgfeat.extract("gen://5", tmp_path / "out", detector="none", embedder="test-tiny",
+                                 workers=0, progress=False)
+        assert report.ok == 5
+        frame = imgfeat.read_features(tmp_path / "out").to_pandas()
+        assert sorted(frame["id"]) == [f"g{i}" for i in range(5)] and (frame["width"] == 60).all()
+    finally:
+        SOURCE_KINDS.remove(kind)

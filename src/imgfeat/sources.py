@@ -235,6 +235,7 @@ class SourceKind:
     name: str
     accepts: Callable[[SourceRequest], bool]
     open: Callable[[SourceRequest], Source]
+    must_exist: bool = True  # the spec names a file or folder (checked before opening)
 
 
 SOURCE_KINDS: list[SourceKind] = []
@@ -429,7 +430,7 @@ def _is_parquet(request: SourceRequest) -> bool:
     return is_dir and _all_parquet(fs, path)
 
 
-register_source(SourceKind("glob", lambda r: _has_magic(r.spec), _open_glob))
+register_source(SourceKind("glob", lambda r: _has_magic(r.spec), _open_glob, must_exist=False))
 register_source(SourceKind("parquet", _is_parquet, _open_parquet))
 register_source(SourceKind("folder", lambda r: r.probe()[3], _open_folder))
 register_source(SourceKind("list", lambda r: r.lower.endswith(LIST_SUFFIXES), _open_list))
@@ -506,12 +507,13 @@ def open_source(spec: str | os.PathLike, *, include: str | None = None, content_
         ConfigError: a table lacks the columns asked for, or an option does not apply.
     """
     request = SourceRequest(os.fspath(spec), include, content_column, path_column, id_column)
-    if not _has_magic(request.spec) and not request.probe()[2]:
-        raise SourceError(f"input not found: {request.spec}")
     kind = next(k for k in SOURCE_KINDS if k.accepts(request))
+    if kind.must_exist and not _has_magic(request.spec) and not request.probe()[2]:
+        raise SourceError(f"input not found: {request.spec}")
     if id_column and kind.name not in ("parquet", "list"):
         raise ConfigError(f"--id-column applies to tables (Parquet, .csv/.tsv lists); {request.spec} "
                           f"is a {kind.name}")
     source = kind.open(request)
-    check_protocols(source)
+    if isinstance(source, FileSource):  # its URIs are read through fsspec
+        check_protocols(source)
     return source
