@@ -1,0 +1,169 @@
+"""Where images come from: folders, globs, list files, Parquet tables, any fsspec URL.
+
+`open_source(spec)` returns a `Source`: a small picklable object that lists its inputs as
+`Item`s (stable id, URI, a reference for reading) in a fixed order, and reads a batch of
+them into bytes. Listing happens once, in the driver; reading happens in the workers, from
+`source.reader()` (the same source without its listing, small to ship).
+
+Kinds, tried in the order of `SOURCE_KINDS` (the first that accepts the spec opens it):
+    glob       photos/**/*.jpg, memory://imgs/*.png
+    parquet    a Parquet file or a folder of them, with a binary content column or a path column
+    folder     recursive, local or fsspec URL: photos/, s3://bucket/photos/
+    list       .txt/.lst one path per line; .csv/.tsv with a path column (and --id-column)
+    file       one image
+
+A new kind is a `SourceKind` (name, accepts(request), open(request)) added with
+`register_source`; reading bytes goes through `storage.read_bytes`, so every kind refuses
+non-regular files, caps the bytes read and retries transient network failures alike.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import fsspec
+
+from ..errors import ConfigError, SourceError
+from ..storage import is_url
+from .base import (
+    LIST_SUFFIXES,
+    PARQUET_SUFFIXES,
+    PATH_COLUMN_NAMES,
+    Item,
+    ListedSource,
+    ReadResult,
+    Source,
+    SourceRequest,
+    has_magic,
+    local_spec,
+    read_one,
+    stable_id,
+)
+from .files import FileSource, open_file, open_folder, open_glob, open_list
+from .tables import ParquetSource, is_parquet, open_parquet
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """One kind of input: whether it takes a spec, and how to open it."""
+
+    name: str
+    accepts: Callable[[SourceRequest], bool]
+    open: Callable[[SourceRequest], Source]
+    must_exist: bool = True  # the spec names a file or folder (checked before opening)
+
+
+SOURCE_KINDS: list[SourceKind] = []
+
+
+def register_source(kind: SourceKind, before: str | None = None) -> SourceKind:
+    """Add a kind of source; it is tried before the kind named `before` (default: last)."""
+    names = [k.name for k in SOURCE_KINDS]
+    SOURCE_KINDS.insert(names.index(before) if before in names else len(SOURCE_KINDS), kind)
+    return kind
+
+
+register_source(SourceKind("glob", lambda r: has_magic(r.spec), open_glob, must_exist=False))
+
+
+register_source(SourceKind("parquet", is_parquet, open_parquet))
+
+
+register_source(SourceKind("folder", lambda r: r.probe()[3], open_folder))
+
+
+register_source(SourceKind("list", lambda r: r.lower.endswith(LIST_SUFFIXES), open_list))
+
+
+register_source(SourceKind("file", lambda r: True, open_file))
+
+
+def check_protocols(source: Source) -> None:
+    """Fail before the run when some inputs need an fsspec protocol this machine cannot use.
+
+    Raises:
+        SourceError: an input's protocol is unknown, or its package (s3fs, gcsfs, aiohttp...)
+            is not installed; the message names what to install.
+    """
+    protocols: dict[str, int] = {}
+    for item in source.list():
+        uri = item.uri
+        if is_url(uri) and not uri.startswith("file://"):
+            protocol = uri.split("://", 1)[0].split("::")[-1]
+            protocols[protocol] = protocols.get(protocol, 0) + 1
+    for protocol, count in sorted(protocols.items()):
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except (ImportError, ValueError) as exc:
+            raise SourceError(f"{count} input(s) are {protocol}:// URLs, which this machine cannot read: "
+                              f"{exc}") from exc
+
+
+def _real(path: str) -> str:
+    return os.path.realpath(os.path.abspath(path))
+
+
+def check_output_apart(source: Source, output: str) -> None:
+    """Refuse an output folder that equals, contains or lies inside the source's inputs.
+
+    Writing features into the photo folder would mix them with the inputs (the next run lists
+    them), and `--overwrite` there would be a step from deleting photos. Local paths only.
+
+    Raises:
+        ConfigError: the output overlaps the source.
+    """
+    out_local = local_spec(output)
+    if out_local is None:
+        return
+    out = _real(out_local)
+    root = source.describe().get("root")
+    root_local = local_spec(root) if isinstance(root, str) else None
+    if root_local is not None:
+        real_root = _real(root_local)
+        if out == real_root or out.startswith(real_root + os.sep) or real_root.startswith(out + os.sep):
+            raise ConfigError(f"the output {output} overlaps the input folder {root}: write features "
+                              "to a folder outside the photos (e.g. beside them)")
+    outs = {out, os.path.abspath(out_local)}  # items are absolute paths; realpath per item costs a syscall
+    for item in source.list():
+        path = local_spec(item.uri)
+        if path is not None and any(path == o or path.startswith(o + os.sep) for o in outs):
+            raise ConfigError(f"the output {output} holds the input {item.uri}: write features to a "
+                              "folder that holds no inputs")
+
+
+def open_source(spec: str | os.PathLike, *, include: str | None = None, content_column: str | None = None,
+                path_column: str | None = None, id_column: str | None = None) -> Source:
+    """Open an input spec and return its Source.
+
+    Args:
+        spec: folder, glob, list file (.txt/.lst/.csv/.tsv), Parquet file or folder, or an
+            fsspec URL of any of these.
+        include: comma-separated file-name patterns to keep in folders and globs ("*.jpg,*.png").
+        content_column / path_column / id_column: for tables and CSV lists; found
+            automatically when omitted (ids default to the SHA-1 of the URI).
+
+    Raises:
+        SourceError: the spec does not exist or cannot be listed, or its inputs need a
+            package that is not installed.
+        ConfigError: a table lacks the columns asked for, or an option does not apply.
+    """
+    request = SourceRequest(os.fspath(spec), include, content_column, path_column, id_column)
+    kind = next(k for k in SOURCE_KINDS if k.accepts(request))
+    if kind.must_exist and not has_magic(request.spec) and not request.probe()[2]:
+        raise SourceError(f"input not found: {request.spec}")
+    if id_column and kind.name not in ("parquet", "list"):
+        raise ConfigError(f"--id-column applies to tables (Parquet, .csv/.tsv lists); {request.spec} "
+                          f"is a {kind.name}")
+    source = kind.open(request)
+    if isinstance(source, FileSource):  # its URIs are read through fsspec
+        check_protocols(source)
+    return source
+
+
+__all__ = [
+    "LIST_SUFFIXES", "PARQUET_SUFFIXES", "PATH_COLUMN_NAMES", "SOURCE_KINDS", "FileSource", "Item", "ListedSource",
+    "ParquetSource", "ReadResult", "Source", "SourceKind", "SourceRequest", "check_output_apart", "check_protocols",
+    "open_source", "read_one", "register_source", "stable_id",
+]
