@@ -64,7 +64,7 @@ def write_synthetic(folder: Path, n: int, dim: int, clusters: int, noise: float,
     """Write n rows in shards of `chunk`; returns the planted (source, duplicate) row pairs."""
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((clusters, dim)).astype(np.float32)
-    schema = output_schema(dim, dim // 8)
+    schema = output_schema(dim, dim // 8, whole_image=False)
     planted = []
     folder.mkdir(parents=True)
     for shard, start in enumerate(range(0, n, chunk)):

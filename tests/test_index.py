@@ -27,7 +27,7 @@ def write_features(folder: Path, vectors: np.ndarray, ids: list[str], *, shard_s
     n, dim = vectors.shape
     codes = np.packbits(vectors[:, :64] > 0, axis=1) if dim >= 64 else np.packbits(
         np.resize(vectors > 0, (n, 64)), axis=1)
-    schema = output_schema(dim, 8, dtype)
+    schema = output_schema(dim, 8, dtype, whole_image=False)
     total = n + errors
     for shard, start in enumerate(range(0, total, shard_size)):
         stop = min(total, start + shard_size)

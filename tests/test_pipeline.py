@@ -57,7 +57,8 @@ def test_schema_and_manifest(blob_folder, tmp_path):
     imgfeat.extract(blob_folder, out, dtype="float16", code_bits=64, **FAST_MODELS)
     schema = pq.read_schema(next(out.glob("part-*.parquet")))
     assert schema.names == ["id", "path", "status", "error", "width", "height", "box", "label", "score",
-                            "crop", "embedding", "code", "detector", "embedder", "hasher"]
+                            "crop", "embedding", "code", "image_embedding", "image_code", "detector", "embedder",
+                            "hasher"]
     assert str(schema.field("embedding").type) == "fixed_size_list<element: halffloat>[64]"
     assert str(schema.field("box").type) == "fixed_size_list<element: float>[4]"
     assert str(schema.field("code").type) == "fixed_size_binary[8]"
@@ -225,3 +226,22 @@ def test_cli_output_into_a_closed_pipe_is_quiet(blob_folder, tmp_path):
         stderr = proc.stderr.read().decode()
         assert proc.wait(timeout=60) == 141, stderr
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
+def test_whole_image_vector_beside_the_object_vector(blob_folder, tmp_path):
+    """image_embedding is the whole image's vector (what --no-detect stores as embedding); the
+    object's is the crop's; codes are the hasher's codes of each."""
+    imgfeat.extract(blob_folder, tmp_path / "both", **FAST_MODELS)
+    imgfeat.extract(blob_folder, tmp_path / "whole", **{**FAST_MODELS, "detector": "none"})
+    both = imgfeat.read_features(tmp_path / "both").to_pandas().sort_values("id")
+    whole = imgfeat.read_features(tmp_path / "whole").to_pandas().sort_values("id")
+    assert (both["crop"] == "object").all()
+    image = np.stack(both["image_embedding"]).astype(np.float32)
+    obj = np.stack(both["embedding"]).astype(np.float32)
+    assert np.allclose(image, np.stack(whole["embedding"]), atol=1e-6)
+    assert np.allclose(image, np.stack(whole["image_embedding"]), atol=1e-6)  # no crop: the same vector
+    assert list(both["image_code"]) == list(whole["code"])
+    assert not np.allclose(image, obj)  # the crop of the blob is not the white page around it
+    none = imgfeat.extract(blob_folder, tmp_path / "none", whole_image=False, **FAST_MODELS)
+    assert none.ok == 7
+    assert "image_embedding" not in pq.read_schema(next((tmp_path / "none").glob("part-*.parquet"))).names

@@ -87,6 +87,9 @@ class EmbedConfig:
         seed: seed of the projection.
         batch_size: crops per embedder call; 0 picks one for the device
             (`PipelineConfig.embed_batch_size`).
+        whole_image: also store the whole image's vector and code (`image_embedding`,
+            `image_code`) beside the main object's: the one near-duplicate search and dedup
+            use. Costs one more embedder input per image whose main object was cropped.
     """
 
     model: str = "mobilenet-v2"
@@ -95,6 +98,7 @@ class EmbedConfig:
     code_bits: int = 256
     seed: int = 0
     batch_size: int = 0
+    whole_image: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "float16"):

@@ -16,6 +16,8 @@ One row per input, whatever happened to it:
     crop       string   "object", "full:no-detection" (nothing passed the threshold) or "full:detect-off"
     embedding  [D] f32|f16  L2-normalised vector
     code       binary(bits/8)  packed binary code (big-endian bit order, numpy.packbits)
+    image_embedding, image_code   the same of the whole image (equal to embedding/code when the
+                        whole image was embedded); absent when extracted with whole_image off
     detector, embedder, hasher  string  model names (dictionary-encoded in Parquet)
 """
 
@@ -34,13 +36,17 @@ CROP_FULL_DETECT_OFF = "full:detect-off"
 
 COLUMNS = (
     "id", "path", "status", "error", "width", "height", "box", "label", "score", "crop",
-    "embedding", "code", "detector", "embedder", "hasher",
+    "embedding", "code", "image_embedding", "image_code", "detector", "embedder", "hasher",
 )
+# the vector and code columns of each kind of vector a row can hold
+VECTOR_COLUMNS = {"object": ("embedding", "code"), "image": ("image_embedding", "image_code")}
 
 
-def output_schema(dim: int, code_bytes: int, dtype: str = "float32") -> pa.Schema:
+def output_schema(dim: int, code_bytes: int, dtype: str = "float32", whole_image: bool = True) -> pa.Schema:
     """The Arrow schema of the feature table for a given embedding size and code length."""
     value_type = pa.float16() if dtype == "float16" else pa.float32()
+    image = [pa.field("image_embedding", pa.list_(value_type, dim)),
+             pa.field("image_code", pa.binary(code_bytes))] if whole_image else []
     return pa.schema([
         pa.field("id", pa.string(), nullable=False),
         pa.field("path", pa.string(), nullable=False),
@@ -54,6 +60,7 @@ def output_schema(dim: int, code_bytes: int, dtype: str = "float32") -> pa.Schem
         pa.field("crop", pa.string()),
         pa.field("embedding", pa.list_(value_type, dim)),
         pa.field("code", pa.binary(code_bytes)),
+        *image,
         pa.field("detector", pa.string()),
         pa.field("embedder", pa.string()),
         pa.field("hasher", pa.string()),
@@ -77,6 +84,8 @@ class FeatureRows:
     crop: list[str]
     embedding: np.ndarray  # (k, dim)
     code: np.ndarray  # (k, code_bytes) uint8
+    image_embedding: np.ndarray | None = None  # (k, dim): the whole image's, when stored
+    image_code: np.ndarray | None = None
 
 
 def _scatter(values: np.ndarray, index: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -116,7 +125,15 @@ def feature_table(ids: list[str], paths: list[str], errors: list[str | None], ro
             out[i] = value
         return pa.array(out, pa.string())
 
-    codes, no_code = _scatter(np.asarray(rows.code, dtype=np.uint8).reshape(len(index), code_bytes), index, n)
+    def vectors(values: np.ndarray) -> pa.Array:
+        return _fixed_list(np.asarray(values, np_dtype).reshape(len(index), emb_type.list_size), index, n, emb_type)
+
+    def codes(values: np.ndarray) -> pa.Array:
+        dense, empty = _scatter(np.asarray(values, dtype=np.uint8).reshape(len(index), code_bytes), index, n)
+        return pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(code_bytes), n, [pa.array(~empty).buffers()[1] if empty.any() else None,
+                                       pa.py_buffer(dense.tobytes())])
+
     status = [STATUS_OK if e is None else STATUS_ERROR for e in errors]
     columns = {
         "id": pa.array(ids, pa.string()),
@@ -129,13 +146,13 @@ def feature_table(ids: list[str], paths: list[str], errors: list[str | None], ro
         "label": strings(rows.label),
         "score": scalars(np.asarray(rows.score, np.float32), pa.float32()),
         "crop": strings(rows.crop),
-        "embedding": _fixed_list(np.asarray(rows.embedding, np_dtype).reshape(len(index), emb_type.list_size),
-                                 index, n, emb_type),
-        "code": pa.FixedSizeBinaryArray.from_buffers(
-            pa.binary(code_bytes), n, [pa.array(~no_code).buffers()[1] if no_code.any() else None,
-                                       pa.py_buffer(codes.tobytes())]),
+        "embedding": vectors(rows.embedding),
+        "code": codes(rows.code),
         "detector": pa.array([models.get("detector")] * n, pa.string()),
         "embedder": pa.array([models.get("embedder")] * n, pa.string()),
         "hasher": pa.array([models.get("hasher")] * n, pa.string()),
     }
+    if "image_embedding" in schema.names:
+        columns["image_embedding"] = vectors(rows.image_embedding)
+        columns["image_code"] = codes(rows.image_code)
     return pa.Table.from_pydict(columns, schema=schema)

@@ -22,14 +22,14 @@ from .runners.tasks import with_threads
 from .schema import output_schema
 
 
-def spark_output_schema(dtype: str = "float32") -> Any:
+def spark_output_schema(dtype: str = "float32", whole_image: bool = True) -> Any:
     """The output schema as Spark types: fixed-size lists become arrays, fixed binary binary.
 
     Spark has no 16-bit float, so float16 embeddings are widened to float32 here.
     """
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    return from_arrow_schema(_spark_arrow_schema(output_schema(1, 1, dtype)))
+    return from_arrow_schema(_spark_arrow_schema(output_schema(1, 1, dtype, whole_image)))
 
 
 def _spark_arrow_schema(schema: Any) -> Any:
@@ -101,7 +101,7 @@ def extract(df: Any, path_col: str | None = None, content_col: str | None = None
 
     with quiet_pandas_warning():
         return df.select(*wanted).mapInArrow(_batch_function(config, columns),
-                                             spark_output_schema(config.embed.dtype))
+                                             spark_output_schema(config.embed.dtype, config.embed.whole_image))
 
 
 __all__ = ["extract", "spark_output_schema"]

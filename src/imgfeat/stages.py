@@ -128,7 +128,8 @@ class Features:
         self.embedder = create_embedder(config.embed.model, **kwargs)
         self.hasher = create_hasher(config.embed.hasher, self.embedder.dim, config.embed.code_bits,
                                     config.embed.seed)
-        self.schema = output_schema(self.embedder.dim, self.hasher.bits // 8, config.embed.dtype)
+        self.schema = output_schema(self.embedder.dim, self.hasher.bits // 8, config.embed.dtype,
+                                    config.embed.whole_image)
         self.models = {
             "detector": self.detector.name if self.detector else "none",
             "embedder": self.embedder.name,
@@ -161,6 +162,10 @@ class Features:
         parts = [self.embedder(crops[i:i + size]) for i in range(0, len(crops), size)]
         return np.concatenate(parts) if parts else np.zeros((0, self.embedder.dim), np.float32)
 
+    def hash(self, vectors: np.ndarray) -> np.ndarray:
+        """Packed binary codes of embeddings."""
+        return self.hasher(vectors) if len(vectors) else np.zeros((0, self.hasher.bits // 8), np.uint8)
+
     def __call__(self, batch: ImageBatch) -> pa.Table:
         good = [i for i, d in enumerate(batch.decoded) if d.error is None]
         images = [batch.decoded[i].image for i in good]
@@ -191,15 +196,23 @@ class Features:
         self.timer.add("crop", time.perf_counter() - start)
 
         start = time.perf_counter()
-        embeddings = self.embed(crops)
-        codes = self.hasher(embeddings) if len(crops) else np.zeros((0, self.hasher.bits // 8), np.uint8)
+        # the whole image too, where the crop was an object: one embedder pass over both
+        cropped = [j for j, kind in enumerate(kinds) if kind == CROP_OBJECT] if self.config.embed.whole_image else []
+        vectors = self.embed(crops + [images[j] for j in cropped])
+        codes = self.hash(vectors)
+        embeddings, object_codes = vectors[:len(crops)], codes[:len(crops)]
+        image_embeddings = image_codes = None
+        if self.config.embed.whole_image:
+            image_embeddings, image_codes = embeddings.copy(), object_codes.copy()
+            image_embeddings[cropped], image_codes[cropped] = vectors[len(crops):], codes[len(crops):]
         self.timer.add("embed", time.perf_counter() - start)
         rows = FeatureRows(
             index=np.asarray(good, dtype=np.int64),
             width=np.asarray([batch.decoded[i].width for i in good], dtype=np.int32),
             height=np.asarray([batch.decoded[i].height for i in good], dtype=np.int32),
             box=np.asarray(boxes, dtype=np.float32).reshape(-1, 4), label=labels,
-            score=np.asarray(scores, dtype=np.float32), crop=kinds, embedding=embeddings, code=codes)
+            score=np.asarray(scores, dtype=np.float32), crop=kinds, embedding=embeddings, code=object_codes,
+            image_embedding=image_embeddings, image_code=image_codes)
         return feature_table([item.id for item in batch.items], [item.uri for item in batch.items],
                              [d.error for d in batch.decoded], rows, self.schema, self.models)
 
