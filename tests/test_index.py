@@ -237,7 +237,7 @@ def test_cli_index_add_remove_describe(data, tmp_path, capsys):
     second = write_features(tmp_path / "b", vectors[1500:], ids[1500:])
     out = tmp_path / "ix"
     assert main(["index", str(first), "-o", str(out)]) == 0
-    assert "indexed 1500 vectors (flat, 32-d, 64-bit codes)" in capsys.readouterr().out
+    assert "indexed 1500 image vectors (flat, 32-d, 64-bit codes)" in capsys.readouterr().out
     assert main(["index", str(second), "-o", str(out), "--add"]) == 0
     assert "added 500 vectors (1500 -> 2000" in capsys.readouterr().out
     assert main(["index", str(out), "--remove", "id00001", "id00002"]) == 0

@@ -4,7 +4,7 @@
     report = imgfeat.extract("photos/", "features/", batch_size=16)
     print(imgfeat.info("features/"))
     index = imgfeat.index("features/", "index/"); imgfeat.search(index, ["query.jpg"], k=5)
-    groups = imgfeat.dedup("features/", threshold=0.9)
+    groups = imgfeat.dedup("features/", threshold=0.85)
 
 Per-batch functions for your own loops or engines: `decode_image`, `create_detector`,
 `create_embedder`, `create_hasher`, `select_main`, `expand_box`, `crop`, and the stage

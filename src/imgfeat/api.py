@@ -5,7 +5,7 @@
     frame = imgfeat.read_features("features/").to_pandas()
     index = imgfeat.index("features/", "index/")   # or imgfeat.load_index("index/")
     hits = imgfeat.search(index, ["query.jpg"], k=5)
-    groups = imgfeat.dedup("features/", threshold=0.9)
+    groups = imgfeat.dedup("features/", threshold=0.85)
 """
 
 from __future__ import annotations
@@ -147,11 +147,11 @@ def search(index: "FeatureIndex | str | os.PathLike", images: Sequence[Any] | No
     return run_search(index, images, k=k, **options)
 
 
-def dedup(source: Any, threshold: float = 0.9, **options: Any) -> Any:
+def dedup(source: Any, threshold: float | None = None, **options: Any) -> Any:
     """Near-duplicate groups of a feature dataset or index, as a pandas.DataFrame.
 
     See `imgfeat.retrieval.dedup.find_duplicates` for the options (reviews, representative, kind).
     """
-    from .retrieval.dedup import find_duplicates
+    from .retrieval.dedup import DEFAULT_THRESHOLD, find_duplicates
 
-    return find_duplicates(source, threshold, **options)
+    return find_duplicates(source, DEFAULT_THRESHOLD if threshold is None else threshold, **options)

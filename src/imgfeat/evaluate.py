@@ -63,7 +63,8 @@ class EvalSettings:
         train_crops: random crops per training photo used as training originals.
         views: augmented views per training original.
         threshold: the dedup threshold as a cosine similarity, as `imgfeat dedup --threshold`
-            (default 0.9, its default); floats call pairs with cosine >= it duplicates.
+            (0.9 here, as the object vectors' benchmark was first measured; `imgfeat dedup`
+            defaults to 0.85 on whole-image vectors); floats call pairs with cosine >= it duplicates.
         seed: seed of everything random.
     """
 

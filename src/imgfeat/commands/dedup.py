@@ -7,7 +7,7 @@ import json
 
 EPILOG = """\
 examples:
-  imgfeat dedup features/ --threshold 0.9 -o groups.parquet --html report.html
+  imgfeat dedup features/ -o groups.parquet --html report.html     (whole images, cosine >= 0.85)
   imgfeat dedup index/ --threshold 0.95 -o groups.parquet --representative first
 
 Pairs with cosine similarity >= THRESHOLD are joined into groups (connected components).
@@ -23,8 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", nargs="+",
                    help="feature folders (from `imgfeat extract`, grouped together) or one index folder")
-    p.add_argument("--threshold", type=float, default=0.9,
-                   help="cosine similarity at or above which two images are duplicates (default 0.9)")
+    p.add_argument("--threshold", type=float, default=0.85,
+                   help="cosine similarity at or above which two images are duplicates (default 0.85)")
     p.add_argument("-o", "--output", required=True, help="the groups Parquet file to write")
     p.add_argument("--html", metavar="REPORT", help="also write an HTML report with thumbnails")
     p.add_argument("--max-groups", type=int, default=200, help="groups shown in the HTML report (default 200)")
@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", default="auto", choices=("auto", "flat", "hnsw", "ivf", "ivfpq"),
                    help="index built for the search when SOURCE is features (default auto: flat below "
                         "100k vectors, else ivf)")
+    p.add_argument("--vector", choices=("auto", "image", "object"), default="auto",
+                   help="compare whole images (copies: the default where the features hold them) or "
+                        "the main objects (the same product in other photos)")
     p.add_argument("--max-neighbors", type=int, default=100, help="neighbours kept per image (default 100)")
     p.add_argument("--json", action="store_true", help="print the run's figures as JSON")
     p.set_defaults(handler=_dedup)
@@ -47,7 +50,8 @@ def _dedup(args: argparse.Namespace) -> int:
     reviews = args.reviews or default_reviews_path(args.output)
     source = args.source[0] if len(args.source) == 1 else args.source
     groups = find_duplicates(source, args.threshold, representative=args.representative,
-                             reviews=reviews, kind=args.kind, max_neighbors=args.max_neighbors)
+                             reviews=reviews, kind=args.kind, max_neighbors=args.max_neighbors,
+                             vector=args.vector)
     write_groups(groups, args.output)
     stats = dict(groups.attrs["stats"], output=args.output, reviews=reviews)
     if args.html:

@@ -55,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="main object: highest score, or highest score x area (default score)")
     g.add_argument("--margin", type=float, default=d_det.margin,
                    help=f"crop margin as a fraction of the box (default {d_det.margin})")
+    g.add_argument("--no-image-vector", action="store_true",
+                   help="store only the main object's vector, not also the whole image's (image_embedding)")
     g.add_argument("--dtype", choices=("float32", "float16"), default=d_emb.dtype, help="embedding storage type")
     g.add_argument("--code-bits", type=int, default=d_emb.code_bits, help=f"binary code length (default {d_emb.code_bits})")
     g.add_argument("--hash", default=d_emb.hasher, metavar="HASH",
@@ -100,7 +102,7 @@ def _extract(args: argparse.Namespace) -> int:
     options = dict(
         detector="none" if args.no_detect else args.detector, embedder=args.embedder,
         score_threshold=args.score_threshold, select=args.select, margin=args.margin,
-        dtype=args.dtype, code_bits=args.code_bits, hasher=args.hash, batch_size=args.batch_size,
+        dtype=args.dtype, whole_image=not args.no_image_vector, code_bits=args.code_bits, hasher=args.hash, batch_size=args.batch_size,
         workers=args.workers, streams=args.streams, threads=args.threads, device=args.device, runtime=args.runtime,
         shard_size=args.shard_size, limit=args.limit, overwrite=args.overwrite,
         max_error_ratio=args.max_error_ratio, retries=args.retries, retry_errors=args.retry_errors,

@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="float index kind (default auto)")
     p.add_argument("--add", action="store_true", help="add SOURCE's rows to the existing index at -o")
     p.add_argument("--remove", nargs="+", metavar="ID", help="delete these ids from the index SOURCE")
+    p.add_argument("--vector", choices=("auto", "object", "image"), default="auto",
+                   help="index the main objects' vectors (the same product elsewhere; the default unless "
+                        "the features were extracted with --no-detect) or the whole images' (copies)")
     p.add_argument("--no-codes", action="store_true", help="do not index the binary codes")
     p.add_argument("--json", action="store_true", help="print the index description as JSON")
     p.set_defaults(handler=_index)
@@ -62,9 +65,10 @@ def _index(args: argparse.Namespace) -> int:
         message = (f"added {added} vectors ({before} -> {len(index)}; {skipped} ids already there, "
                    f"skipped) to {args.output} in {time.perf_counter() - started:.1f} s")
     else:
-        index = FeatureIndex.build(args.source, kind=args.kind, codes=not args.no_codes)
+        index = FeatureIndex.build(args.source, kind=args.kind, codes=not args.no_codes, vector=args.vector)
         index.save(args.output)
-        message = (f"indexed {len(index)} vectors ({index.kind}, {index.dim}-d"
+        message = (f"indexed {len(index)} {'image' if index.crop == 'whole-image' else 'object'} vectors "
+                   f"({index.kind}, {index.dim}-d"
                    + (f", {index.code_bytes * 8}-bit codes" if index.code_bytes else "")
                    + f") into {args.output} in {time.perf_counter() - started:.1f} s")
     if args.json:

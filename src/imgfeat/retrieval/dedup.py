@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from ..schema import STATUS_OK
 from ..storage import atomic_local_path
 from .faiss_kinds import FLAT_MAX_VECTORS
-from .index import FeatureIndex
+from .index import FeatureIndex, crop_kind
 from .reviews import default_reviews_path, load_reviews, not_duplicate_sets  # noqa: F401  (re-exported)
 
 REPRESENTATIVES = ("largest", "first")
@@ -36,6 +36,11 @@ DEDUP_NPROBE = 8  # near-duplicates share a cell or a neighbouring one: few list
 GROUP_COLUMNS = ("group", "id", "path", "is_representative", "score", "size", "width", "height",
                  "box", "label")
 
+
+# The default similarity of duplicates, for whole-image vectors of the default embedder: on the
+# 14 sample photos and a half-size JPEG-40 copy of each, copies scored 0.898-0.975 and distinct
+# photos at most 0.781 (tests/test_neardup_defaults.py); 0.85 sits between with room both sides.
+DEFAULT_THRESHOLD = 0.85
 
 def _review_keys(index: FeatureIndex, reviews: Sequence[dict[str, Any]], width: int) -> np.ndarray:
     """Pair keys lo * width + hi of every label pair inside a not-duplicate set."""
@@ -76,20 +81,23 @@ def _union_find(n: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
             return parent
 
 
-def _open_index(source: Any, kind: str) -> FeatureIndex:
+def _open_index(source: Any, kind: str, vector: str) -> FeatureIndex:
     """The index to search: `source` itself, an index folder, or one built from feature
-    folders (several are indexed together)."""
+    folders (several are indexed together) over their `vector` vectors."""
     if isinstance(source, FeatureIndex):
         return source
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     if len(sources) == 1 and os.path.exists(os.path.join(os.fspath(sources[0]), INDEX_JSON)):
         return FeatureIndex.load(sources[0])
+    if vector == "auto":  # the whole image where the features hold it: copies, not same products
+        vector = "image" if all("image_embedding" in open_features(s).schema.names
+                                or crop_kind(open_features(s)) == "whole-image" for s in sources) else "object"
     if kind == "auto":
         count = sum(open_features(s).count(STATUS_OK) for s in sources)
         # exact below the flat limit; above it IVF-Flat: its scores are exact (no compression),
         # so the threshold means the same thing, and only far-away cells are skipped
         kind = "flat" if count < FLAT_MAX_VECTORS else "ivf"
-    index = FeatureIndex.build(sources[0], kind=kind, codes=False)
+    index = FeatureIndex.build(sources[0], kind=kind, codes=False, vector=vector)
     for more in sources[1:]:
         index.add(more)
     return index
@@ -112,17 +120,17 @@ def pairs_within(index: FeatureIndex, vectors: np.ndarray, labels: np.ndarray, t
     return query_labels, found, scores
 
 
-def find_duplicates(source: Any, threshold: float = 0.9, *, representative: str = "largest",
+def find_duplicates(source: Any, threshold: float = DEFAULT_THRESHOLD, *, representative: str = "largest",
                     reviews: str | os.PathLike | Sequence[dict[str, Any]] | None = None,
                     kind: str = "auto", max_neighbors: int = 100, chunk_rows: int = 16384,
-                    nprobe: int | None = None) -> Any:
+                    nprobe: int | None = None, vector: str = "auto") -> Any:
     """Group near-duplicate images: all pairs with cosine similarity >= threshold, joined.
 
     Args:
         source: a feature folder (local or URL), several of them (grouped together), an index
             folder, or a FeatureIndex.
-        threshold: cosine similarity of two embeddings to call them duplicates (0-1; ~0.9
-            for the default embedder: see docs/search.md).
+        threshold: cosine similarity of two embeddings to call them duplicates (0-1; default
+            DEFAULT_THRESHOLD, 0.85, for whole-image vectors of the default embedder: docs/search.md).
         representative: "largest" (most pixels; ties: first) or "first" (first indexed).
         reviews: a reviews.jsonl path, or its records: pairs inside a "not-duplicate"
             record are dropped.
@@ -131,6 +139,9 @@ def find_duplicates(source: Any, threshold: float = 0.9, *, representative: str 
         chunk_rows: vectors range-searched at a time.
         nprobe: inverted lists visited per query for ivf/ivfpq (default 8 when `source` is a
             path, as near-duplicates sit in nearby cells; a FeatureIndex object keeps its own).
+        vector: which vectors to compare when `source` is features: "image" (the whole image:
+            copies, resized, re-encoded, captioned), "object" (the main object's), or "auto"
+            (default): "image" when the features hold whole-image vectors. An index keeps its own.
 
     Returns:
         pandas.DataFrame, one row per member of a group of two or more: group (0 = largest
@@ -146,7 +157,7 @@ def find_duplicates(source: Any, threshold: float = 0.9, *, representative: str 
     if representative not in REPRESENTATIVES:
         raise ConfigError(f"representative must be one of {', '.join(REPRESENTATIVES)}, got {representative!r}")
     started = time.perf_counter()
-    index = _open_index(source, kind)
+    index = _open_index(source, kind, vector)
     indexed = time.perf_counter()
     if nprobe is not None or (not isinstance(source, FeatureIndex) and index.kind in ("ivf", "ivfpq")):
         index.params["nprobe"] = nprobe or DEDUP_NPROBE
@@ -176,7 +187,7 @@ def find_duplicates(source: Any, threshold: float = 0.9, *, representative: str 
     members["component"] = component[live_labels[in_group]]
     frame = _describe_groups(index, members, representative)
     stats = {
-        "vectors": len(index), "kind": index.kind, "threshold": threshold, "pairs": int(len(keys)),
+        "vectors": len(index), "vector": "image" if index.crop == "whole-image" else "object", "kind": index.kind, "threshold": threshold, "pairs": int(len(keys)),
         "pairs_dropped_by_reviews": dropped, "groups": int(frame["group"].nunique()) if len(frame) else 0,
         "images_in_groups": int(len(frame)), "seconds_index": round(indexed - started, 3),
         "seconds_search": round(searched - indexed, 3),

@@ -31,13 +31,16 @@ import numpy as np
 
 from ..dataset import READ_BATCH_ROWS, FeatureDataset, code_matrix, embedding_matrix, open_features
 from ..errors import ConfigError, SourceError
-from ..schema import STATUS_OK
+from ..schema import STATUS_OK, VECTOR_COLUMNS
 from .id_table import IdTable, meta_columns
 from .faiss_kinds import MIN_TRAIN_VECTORS, choose_kind, faiss_module, get_kind, new_binary_index
 from .index_files import FORMAT_VERSION, IndexParts, read_index_folder, write_index_folder
 
 HNSW_REBUILD_RATIO = 0.3  # rebuild an HNSW graph once this share of its vectors is removed
-READ_COLUMNS = ["id", "embedding", "path", "width", "height", "box", "label", "score", "crop"]
+READ_COLUMNS = ["id", "path", "width", "height", "box", "label", "score", "crop"]
+
+
+VECTORS = ("object", "image")  # the main object's vector, or the whole image's
 
 
 def crop_kind(dataset: FeatureDataset) -> str:
@@ -46,6 +49,24 @@ def crop_kind(dataset: FeatureDataset) -> str:
     if detect is None:
         detect = dataset.models.get("detector")
     return "whole-image" if str(detect).lower() == "none" else "object"
+
+
+def vector_columns(dataset: FeatureDataset, crop: str) -> tuple[str, str]:
+    """The (vector, code) columns of `dataset` holding `crop` ("object" or "whole-image") vectors.
+
+    Raises:
+        ConfigError: the dataset has no such vectors.
+    """
+    extracted = crop_kind(dataset)
+    if crop == extracted:
+        return VECTOR_COLUMNS["object"]  # the embedding column holds what was extracted
+    if crop == "whole-image" and "image_embedding" in dataset.schema.names:
+        return VECTOR_COLUMNS["image"]
+    if crop == "whole-image":
+        raise ConfigError(f"{dataset.location} holds no whole-image vectors (extracted before they were "
+                          "stored, or with whole_image off): extract again, or index the object vectors")
+    raise ConfigError(f"{dataset.location} holds whole-image vectors only (extracted with --no-detect), not "
+                      "main-object vectors: index them as --vector image, or extract with detection")
 
 
 # --- the index ------------------------------------------------------------------------------
@@ -92,7 +113,7 @@ class FeatureIndex:
     @classmethod
     def build(cls, features: str | os.PathLike | Sequence[str | os.PathLike], kind: str = "auto", *,
               codes: bool = True, params: dict[str, Any] | None = None,
-              batch_rows: int = READ_BATCH_ROWS, seed: int = 0) -> "FeatureIndex":
+              batch_rows: int = READ_BATCH_ROWS, seed: int = 0, vector: str = "auto") -> "FeatureIndex":
         """Index the status-ok rows of a feature dataset.
 
         Args:
@@ -104,6 +125,9 @@ class FeatureIndex:
                 nlist, nprobe, pq_m, pq_bits).
             batch_rows: rows read at a time (bounds memory).
             seed: seed of the training sample (ivf/ivfpq).
+            vector: "object" (the main object's vector: the same product in other photos) or
+                "image" (the whole image's: near-duplicate copies), or "auto" (default): the
+                object's, or the image's for features extracted with --no-detect.
 
         Returns:
             FeatureIndex
@@ -114,7 +138,11 @@ class FeatureIndex:
         """
         if kind != "auto":
             get_kind(kind)
+        if vector not in VECTORS + ("auto",):
+            raise ConfigError(f"vector must be one of {', '.join(VECTORS)} or auto, got {vector!r}")
         dataset = open_features(features)
+        crop = crop_kind(dataset) if vector == "auto" else "object" if vector == "object" else "whole-image"
+        columns = vector_columns(dataset, crop)
         count = dataset.count(STATUS_OK)
         if not count:
             raise SourceError(f"{dataset.location} has no rows with status ok to index")
@@ -127,9 +155,10 @@ class FeatureIndex:
             if count < MIN_TRAIN_VECTORS:
                 raise ConfigError(f"a {kind} index needs at least {MIN_TRAIN_VECTORS} vectors to train, "
                                   f"these features have {count}: use --kind flat")
-            float_index.train(_training_sample(dataset, dim, count, min(count, chosen["nlist"] * 64), seed))
+            float_index.train(_training_sample(dataset, columns[0], dim, count, min(count, chosen["nlist"] * 64),
+                                               seed))
         index = cls(kind, dim, code_bytes, dataset.models, dataset.config, chosen, float_index,
-                    new_binary_index(code_bytes) if code_bytes else None, None, 0, crop=crop_kind(dataset))
+                    new_binary_index(code_bytes) if code_bytes else None, None, 0, crop=crop)
         index._add_dataset(dataset, batch_rows)
         return index
 
@@ -187,10 +216,11 @@ class FeatureIndex:
                 object vectors (or the other way round).
         """
         dataset = open_features(features)
-        if crop_kind(dataset) != self.crop:
-            raise ConfigError(f"{dataset.location} holds {crop_kind(dataset)} vectors but this index holds "
-                              f"{self.crop} vectors (extracted {'without' if self.crop == 'object' else 'with'} "
-                              "--no-detect): they answer different questions; build a separate index")
+        if self.crop == "object" and crop_kind(dataset) != "object":
+            raise ConfigError(f"{dataset.location} holds whole-image vectors (extracted with --no-detect) but "
+                              "this index holds main-object vectors: they answer different questions; build a "
+                              "separate index")
+        vector_columns(dataset, self.crop)
         for role in ("embedder", "hasher"):
             mine, theirs = self.models.get(role), dataset.models.get(role)
             if role == "hasher" and not self.code_bytes:
@@ -209,7 +239,8 @@ class FeatureIndex:
 
     def _add_dataset(self, dataset: FeatureDataset, batch_rows: int) -> tuple[int, int]:
         added = skipped = 0
-        columns = READ_COLUMNS + (["code"] if self.code_bytes else [])
+        vector, code = vector_columns(dataset, self.crop)
+        columns = READ_COLUMNS + [vector] + ([code] if self.code_bytes else [])
         for batch in dataset.iter_batches(columns, status=STATUS_OK, batch_rows=batch_rows):
             batch_ids = batch.column("id").to_pylist()
             rows, duplicates = self._ids.new_rows(batch_ids)
@@ -217,11 +248,11 @@ class FeatureIndex:
             if not len(rows):
                 continue
             labels = self._ids.append(batch_ids, meta_columns(batch), rows)
-            vectors = embedding_matrix(batch.column("embedding"), self.dim)[rows]
+            vectors = embedding_matrix(batch.column(vector), self.dim)[rows]
             faiss_module().normalize_L2(vectors)  # float16 storage and rounding leave norms slightly off 1
             self._float.add_with_ids(vectors, labels)
             if self._binary is not None:
-                codes = code_matrix(batch.column("code"), self.code_bytes)
+                codes = code_matrix(batch.column(code), self.code_bytes)
                 self._binary.add_with_ids(np.ascontiguousarray(codes[rows]), labels)
             added += len(rows)
         if dataset.location not in self.sources:
@@ -443,16 +474,17 @@ class FeatureIndex:
         return rows, found.astype(np.int64), scores.astype(np.float32)
 
 
-def _training_sample(dataset: FeatureDataset, dim: int, count: int, size: int, seed: int) -> np.ndarray:
+def _training_sample(dataset: FeatureDataset, column: str, dim: int, count: int, size: int,
+                     seed: int) -> np.ndarray:
     """A uniform random sample of `size` status-ok vectors, read in one streaming pass."""
     chosen = np.sort(np.random.default_rng(seed).choice(count, size=size, replace=False))
     sample = np.empty((size, dim), np.float32)
     seen = filled = 0
-    for batch in dataset.iter_batches(["embedding"], status=STATUS_OK):
+    for batch in dataset.iter_batches([column], status=STATUS_OK):
         n = batch.num_rows
         lo, hi = np.searchsorted(chosen, [seen, seen + n])
         if hi > lo:
-            sample[filled:filled + hi - lo] = embedding_matrix(batch.column("embedding"), dim)[chosen[lo:hi] - seen]
+            sample[filled:filled + hi - lo] = embedding_matrix(batch.column(column), dim)[chosen[lo:hi] - seen]
             filled += hi - lo
         seen += n
     sample = sample[:filled]

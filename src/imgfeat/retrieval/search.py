@@ -24,6 +24,7 @@ from ..config import DecodeConfig, DetectConfig, EmbedConfig, PipelineConfig, Ru
 from ..decode import Decoded, decode_image
 from ..errors import ConfigError
 from ..sources import Item
+from ..schema import VECTOR_COLUMNS
 from ..stages import Features, ImageBatch
 from ..storage import ReadFailure, read_bytes
 from .index import FeatureIndex
@@ -84,10 +85,13 @@ def query_features(index: FeatureIndex) -> Features:
         ConfigError: the index has no extraction config, or its embedder's size differs.
         UnknownModel, ModelUnavailable: the models cannot be built here.
     """
-    key = json.dumps(index.config, sort_keys=True, default=str)
+    key = json.dumps([index.config, index.crop], sort_keys=True, default=str)
     features = _QUERY_FEATURES.get(key)
     if features is None:
-        features = Features(query_config(index.config))
+        config = query_config(index.config)
+        if index.crop == "whole-image":  # whole-image vectors: a query needs no detection
+            config = dataclasses.replace(config, detect=dataclasses.replace(config.detect, model="none"))
+        features = Features(config)
         _QUERY_FEATURES[key] = features
         while len(_QUERY_FEATURES) > _KEEP_FEATURES:
             _QUERY_FEATURES.popitem(last=False)
@@ -194,12 +198,20 @@ def _check_hasher(index: FeatureIndex, query_hasher: str | None) -> None:
                           "search with using='embedding'")
 
 
+def query_columns(table: Any, index: FeatureIndex) -> tuple[str, str]:
+    """The query table's (vector, code) columns that match what `index` holds."""
+    if index.crop == "whole-image" and "image_embedding" in table.column_names:
+        return VECTOR_COLUMNS["image"]
+    return VECTOR_COLUMNS["object"]
+
+
 def _query_values(table: Any, good: list[int], using: str, index: FeatureIndex) -> np.ndarray:
+    vector, code = query_columns(table, index)
     if using == "embedding":
-        column = table.column("embedding").take(good)
+        column = table.column(vector).take(good)
         values = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
         return values.reshape(len(good), -1).astype(np.float32)
-    codes = table.column("code").take(good).to_pylist()
+    codes = table.column(code).take(good).to_pylist()
     return np.frombuffer(b"".join(codes), np.uint8).reshape(len(good), -1)
 
 
