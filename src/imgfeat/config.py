@@ -46,7 +46,9 @@ class DetectConfig:
     Args:
         model: registry name of the detector, or "none" to skip detection.
         score_threshold: detections below it are ignored.
-        select: "score" keeps the highest score; "score_area" weighs score by box area.
+        select: "score" (default) the highest score; "score_area" score x box area; "stable"
+            the largest of the detections within 0.1 of the best score. crop.select_main says
+            what each does to the main object of near-duplicate copies.
         margin: fraction of the box size added on each side of the crop.
         batch_size: images per detector call; 0 picks one for the device
             (`PipelineConfig.detect_batch_size`).
@@ -59,8 +61,8 @@ class DetectConfig:
     batch_size: int = 0
 
     def __post_init__(self) -> None:
-        if self.select not in ("score", "score_area"):
-            raise ConfigError(f"select must be 'score' or 'score_area', got {self.select!r}")
+        if self.select not in ("score", "score_area", "stable"):
+            raise ConfigError(f"select must be 'score', 'score_area' or 'stable', got {self.select!r}")
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ConfigError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
         if not 0.0 <= self.margin <= 1.0:

@@ -51,8 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"embedder name, onnx:PATH, torchvision:NAME or timm:NAME (default {d_emb.model})")
     g.add_argument("--score-threshold", type=float, default=d_det.score_threshold,
                    help=f"minimum detection score (default {d_det.score_threshold})")
-    g.add_argument("--select", choices=("score", "score_area"), default=d_det.select,
-                   help="main object: highest score, or highest score x area (default score)")
+    g.add_argument("--select", choices=("score", "score_area", "stable"), default=d_det.select,
+                   help=f"main object: the highest score, the highest score x area, or the largest of the "
+                        f"detections within 0.1 of the best score (stable) (default {d_det.select})")
     g.add_argument("--margin", type=float, default=d_det.margin,
                    help=f"crop margin as a fraction of the box (default {d_det.margin})")
     g.add_argument("--no-image-vector", action="store_true",
