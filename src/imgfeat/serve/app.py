@@ -39,6 +39,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 
 from ..errors import ImgfeatError
+from .batching import BatcherClosed
 from .security import Guard, docs_csp, hosts_for
 from .service import RequestError, SearchService, ServeConfig
 
@@ -264,6 +265,11 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def server_side_error(_: Request, exc: ImgfeatError) -> JSONResponse:
         # not the request's fault (e.g. a reviews file edited by hand): say what to fix
         return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=500)
+
+    @app.exception_handler(BatcherClosed)
+    async def shutting_down(_: Request, exc: BatcherClosed) -> JSONResponse:
+        return JSONResponse({"error": "shutting-down", "detail": "the service is stopping; retry on the "
+                                                                 "next instance"}, status_code=503)
 
     @app.exception_handler(Exception)
     async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
