@@ -37,8 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pixels", type=int, help="largest image in pixels (default: 40 Mpx or the index's "
                                                   "extraction cap, whichever is smaller)")
     p.add_argument("--max-decodes", type=int, default=0, help="uploads decoded at once (default: the cores)")
-    p.add_argument("--max-connections", type=int, default=64,
-                   help="connections at once; more get 503 (default 64)")
+    p.add_argument("--max-connections", type=int, default=32,
+                   help="connections at once; more get 503 (default 32)")
     p.add_argument("--body-timeout", type=float, default=30.0,
                    help="seconds a request body may take to arrive (default 30; then 408)")
     p.add_argument("--max-k", type=int, default=100, help="most neighbours one search returns (default 100)")

@@ -18,8 +18,6 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .service import ServeConfig
 
-MAX_HEADER_BYTES = 64 * 1024  # h11's largest request head; the default 16 KB is kept when smaller
-
 
 class HeaderDeadlineH11(H11Protocol):
     """uvicorn's h11 protocol, closing a connection whose request headers are not complete in time."""

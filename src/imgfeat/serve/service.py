@@ -96,7 +96,7 @@ class ServeConfig:
     body_timeout_s: float = 30.0
     header_timeout_s: float = 10.0
     keep_alive_s: float = 5.0
-    max_connections: int = 64
+    max_connections: int = 32  # x max_upload_bytes: the most request bodies held at once
     docs: bool = False
 
     def __post_init__(self) -> None:
@@ -312,7 +312,8 @@ class SearchService:
         stats = self.batcher.stats
         return {
             "status": "ok", "items": len(self.index), "dim": self.index.dim,
-            "models": dict(self.features.models), "groups": len(self.duplicates.groups) if self.duplicates.groups_path else None,
+            "models": dict(self.features.models),
+            "groups": len(self.duplicates.groups) if self.duplicates.groups_path else None,
             "batching": {"max_batch": self.batcher.max_batch, "max_wait_ms": self.config.batch_wait_ms,
                          "batches": stats.batches, "images": stats.jobs,
                          "mean_batch": round(stats.mean_batch, 2), "largest_batch": stats.largest},
