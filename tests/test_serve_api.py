@@ -60,7 +60,7 @@ def served(tmp_path_factory):
     groups.to_parquet(root / "groups.parquet")
     app = create_app(root / "index", groups_path=root / "groups.parquet", reviews_path=root / "reviews.jsonl",
                      config=ServeConfig(max_upload_bytes=UPLOAD_CAP, max_k=5))
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, base_url="http://localhost", raise_server_exceptions=False) as client:
         yield {"client": client, "features": features, "root": root, "groups": groups,
                "frame": pd.read_parquet(features), "index": app.state.service.index}
 
@@ -276,7 +276,7 @@ def test_bad_review_is_a_clear_4xx(served, payload, status):
 def test_no_groups_file_says_how_to_get_one(served):
     from imgfeat.serve import create_app
 
-    with TestClient(create_app(served["index"])) as client:
+    with TestClient(create_app(served["index"]), base_url="http://localhost") as client:
         response = client.get("/groups")
         assert response.status_code == 404 and "--groups" in response.json()["detail"]
         assert client.post("/reviews", json={"ids": ["a", "b"]}).status_code == 404

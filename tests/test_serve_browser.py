@@ -50,6 +50,7 @@ def browser():
         assert shutil.which(path), f"{path} is missing: run scripts/setup.sh as root (apt-get install {package})"
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # to see CSP violations
     for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-dev-shm-usage", "--window-size=1280,900"):
         options.add_argument(arg)
@@ -91,6 +92,51 @@ def test_upload_shows_box_and_similar_images(page_server, browser):
         "for (let i = 0; i < px.length; i += 4) { if (px[i] > 240 && px[i+1] < 80 && px[i+2] < 70) n++; }"
         "return [c.width, n];")
     assert red_pixels[0] > 100 and red_pixels[1] > 200, red_pixels
+    _assert_no_csp_violation(browser)
+
+
+def _assert_no_csp_violation(browser):
+    """The page works under its Content-Security-Policy: Chromium logged no violation."""
+    violations = [entry["message"] for entry in browser.get_log("browser")
+                  if "Content Security Policy" in entry["message"] or "Content-Security-Policy" in entry["message"]]
+    assert not violations, violations
+
+
+TOKEN = "browser-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def token_server(page_server):
+    """The same index served with a token."""
+    from imgfeat.retrieval.index import FeatureIndex
+    from imgfeat.serve import ServeConfig, create_app
+    from imgfeat.serve.background import BackgroundServer
+
+    app = create_app(FeatureIndex.build(page_server["root"] / "features"), config=ServeConfig(token=TOKEN))
+    with BackgroundServer(app) as server:
+        yield {"url": server.url}
+
+
+def test_the_page_takes_the_token_from_its_address(token_server, browser):
+    """http://host/#token=... : searches and thumbnails carry it (a cookie); the address drops it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.delete_all_cookies()
+    browser.get(token_server["url"] + "/#token=" + TOKEN)
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: "images indexed" in d.find_element(By.ID, "health").text)
+    assert "token" not in browser.current_url
+    browser.find_element(By.ID, "file").send_keys(str(SAMPLES / "horses.jpg"))
+    wait.until(lambda d: _thumbnails_loaded(d, "#results img.thumb") == len(PHOTOS) + 1)
+    _assert_no_csp_violation(browser)
+    browser.delete_all_cookies()
+    browser.get(token_server["url"] + "/")  # no token: the search is refused, and says why
+    browser.find_element(By.ID, "file").send_keys(str(SAMPLES / "horses.jpg"))
+    status = WebDriverWait(browser, 30).until(
+        lambda d: d.find_element(By.ID, "search-status").text.startswith("Could not") and
+        d.find_element(By.ID, "search-status"))
+    assert "unauthorised" in status.text
 
 
 def test_upload_of_a_non_image_shows_the_error(page_server, browser, tmp_path):

@@ -194,7 +194,7 @@ def _raw_request(live, request: bytes) -> tuple[int, bytes]:
 ])
 def test_raw_traversal_paths_get_404_json(live, path):
     """Paths sent as-is (an HTTP client would resolve the dot segments first)."""
-    status, body = _raw_request(live, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    status, body = _raw_request(live, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
     assert status == 404, body[:200]
     assert set(json.loads(body)) == {"error", "detail"}
     assert b"root:" not in body and b"def " not in body
@@ -203,7 +203,7 @@ def test_raw_traversal_paths_get_404_json(live, path):
 def test_lying_content_length_is_refused_before_reading(live):
     """A 1 TB Content-Length with a few bytes behind it: 413 at once, no waiting for the body."""
     start = time.monotonic()
-    status, body = _raw_request(live, b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+    status, body = _raw_request(live, b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
                                       b"Content-Length: 1000000000000\r\nConnection: close\r\n\r\n\xff\xd8\xff")
     assert status == 413 and json.loads(body)["error"] == "too-large"
     assert time.monotonic() - start < 10

@@ -4,7 +4,10 @@
     app = create_app("index/", groups_path="groups.parquet")   # then run it with uvicorn
 
 Needs the serve extra: pip install 'imgfeat[serve]'. Modules: app.py (routes), service.py
-(embed/search/thumbnails/groups without HTTP), batching.py (micro-batcher), static/ (the page).
+(embed/search/thumbnails without HTTP, ServeConfig), groups.py (duplicate groups and reviews),
+security.py (Host check, token, body deadline, CSP), server.py (uvicorn with connection
+limits), batching.py (micro-batcher), background.py (a server in a thread), static/ (the page).
+The security model is in docs/serving.md.
 """
 
 from __future__ import annotations

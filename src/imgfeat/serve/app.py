@@ -8,9 +8,11 @@
     GET  /groups         a page of duplicate groups (from `imgfeat dedup`), with verdicts
     POST /reviews        {"ids": [...], "verdict": "not-duplicate"} -> reviews.jsonl
     GET  /healthz        index size, models, batching figures
-    GET  /               the web page (static/index.html); /openapi.json and /docs from FastAPI
+    GET  /               the web page (static/index.html); /openapi.json, and /docs when enabled
 
-Every refused request answers {"error": <kind>, "detail": <sentence>} with a 4xx status.
+Every refused request answers {"error": <kind>, "detail": <sentence>} with a 4xx status; a
+server-side failure answers the same shape with 5xx (503: the reviews file cannot be written).
+`security.Guard` wraps the app: Host check, optional bearer token, body deadline, CSP.
 
     app = create_app("index/", groups_path="groups.parquet")
     uvicorn.run(app, host="127.0.0.1", port=8000)
@@ -27,7 +29,8 @@ from typing import Any, AsyncIterator, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -36,6 +39,8 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 
 from ..errors import ImgfeatError
+from .batching import BatcherClosed
+from .security import Guard, docs_csp, hosts_for
 from .service import RequestError, SearchService, ServeConfig
 
 STATIC = Path(__file__).parent / "static"
@@ -72,14 +77,16 @@ class ReviewRequest(BaseModel):
 
 def create_app(index_path: Any, groups_path: str | os.PathLike | None = None,
                reviews_path: str | os.PathLike | None = None, *,
-               config: ServeConfig | None = None) -> FastAPI:
+               config: ServeConfig | None = None, bind: str = "127.0.0.1") -> FastAPI:
     """Build the app: load the index and the models now, so a bad setup fails before serving.
 
     Args:
         index_path: a folder written by `FeatureIndex.save`, or a loaded FeatureIndex.
         groups_path: groups Parquet from `imgfeat dedup`, for the duplicates view.
         reviews_path: reviews.jsonl for "not duplicate" verdicts (default: beside groups_path).
-        config: upload and pixel caps, batching, thumbnails.
+        config: upload and pixel caps, batching, thumbnails, token, allowed hosts, limits.
+        bind: the address the server binds: requests must name it (or localhost, or one of
+            `config.allowed_hosts`) in their Host header.
 
     Returns:
         The FastAPI app; its lifespan stops the batch worker on shutdown.
@@ -97,16 +104,21 @@ def create_app(index_path: Any, groups_path: str | os.PathLike | None = None,
         yield
         service.close()
 
-    app = FastAPI(title="imgfeat", version=_version(), lifespan=lifespan,
+    app = FastAPI(title="imgfeat", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Search an imgfeat feature index by image; review near-duplicate groups.")
     app.state.service = service
     _add_error_handlers(app)
+    csp = {}
+    if service.config.docs:  # Swagger UI comes from a CDN: only when asked for, under a strict CSP
+        docs_html = get_swagger_ui_html(openapi_url="/openapi.json", title="imgfeat - API").body.decode()
+        csp["/docs"] = docs_csp(docs_html)
 
-    @app.middleware("http")
-    async def no_sniff(request: Request, call_next: Any) -> Response:
-        response = await call_next(request)
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        return response
+        @app.get("/docs", include_in_schema=False)
+        async def docs() -> HTMLResponse:
+            return HTMLResponse(docs_html)
+
+    app.add_middleware(Guard, allowed_hosts=hosts_for(bind, service.config.allowed_hosts),
+                       token=service.config.token, body_timeout_s=service.config.body_timeout_s, csp=csp)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -146,14 +158,14 @@ def create_app(index_path: Any, groups_path: str | os.PathLike | None = None,
 
     @app.get("/groups", summary="A page of near-duplicate groups with their review verdicts")
     async def groups(offset: int = Query(0, ge=0), limit: int = Query(20, ge=1, le=200)) -> dict[str, Any]:
-        return await run_in_threadpool(service.group_page, offset, limit)
+        return await run_in_threadpool(service.duplicates.page, offset, limit)
 
     @app.post("/reviews", status_code=201, summary="Mark a group 'not duplicate' (respected by the next "
                                                    "`imgfeat dedup`)")
     async def reviews(review: ReviewRequest) -> dict[str, Any]:
         for item_id in review.ids:
             _check_id(item_id, status=422)
-        return await run_in_threadpool(service.review, review.ids, review.verdict)
+        return await run_in_threadpool(service.duplicates.review, review.ids, review.verdict)
 
     return app
 
@@ -253,6 +265,18 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def server_side_error(_: Request, exc: ImgfeatError) -> JSONResponse:
         # not the request's fault (e.g. a reviews file edited by hand): say what to fix
         return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=500)
+
+    @app.exception_handler(BatcherClosed)
+    async def shutting_down(_: Request, exc: BatcherClosed) -> JSONResponse:
+        return JSONResponse({"error": "shutting-down", "detail": "the service is stopping; retry on the "
+                                                                 "next instance"}, status_code=503)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+        # a bug: JSON like every other answer, without the traceback (uvicorn logs it)
+        return JSONResponse({"error": "internal-error", "detail": f"unexpected {type(exc).__name__}; "
+                                                                  f"the server log has the traceback"},
+                            status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -22,21 +22,29 @@ class BackgroundServer:
         host: address to bind; loopback by default.
         port: 0 picks a free port (the socket is bound here, so there is no race).
         start_timeout: seconds to wait for the server to accept connections.
+        config: the connection limits (`server.uvicorn_config`); default: the app's own
+            `ServeConfig` when it comes from `create_app`.
 
     Raises:
         ImgfeatError: the server did not start within `start_timeout`.
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, start_timeout: float = 30.0):
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, start_timeout: float = 30.0,
+                 config: Any = None):
         import uvicorn
+
+        from .server import uvicorn_config
+        from .service import ServeConfig
 
         self.host = host
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
         self.port = self._socket.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", ws="none", lifespan="on", access_log=False)
-        self.server = uvicorn.Server(config)
+        service = getattr(getattr(app, "state", None), "service", None)
+        config = config or getattr(service, "config", None) or ServeConfig()
+        self.server = uvicorn.Server(uvicorn_config(app, host, self.port, config, log_level="warning",
+                                                    access_log=False))
         self.start_timeout = start_timeout
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._socket]},
                                         name="imgfeat-uvicorn", daemon=True)

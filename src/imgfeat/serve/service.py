@@ -1,12 +1,13 @@
-"""What the HTTP service does, without HTTP: embed, search, thumbnails, duplicate groups.
+"""What the HTTP service does, without HTTP: embed, search, thumbnails (groups: groups.py).
 
     service = SearchService(FeatureIndex.load("index/"), groups_path="groups.parquet")
     result = await service.embed(image_bytes)              # box, label, score, embedding, code
     result = await service.search(image_bytes, k=10)        # the query's box + top-k neighbours
     service.close()
 
-Uploads are decoded in the caller's thread (many at once: decoding releases the GIL) with the
-index's own DecodeConfig; the models run in one worker thread on micro-batches gathered from
+Uploads are decoded in the caller's thread (at most `ServeConfig.max_decodes` at once, since
+one decode of a bomb-like PNG costs 1.4x its RGB size) with the index's own DecodeConfig and
+the lower upload pixel cap; the models run in one worker thread on micro-batches gathered from
 every concurrent request (`MicroBatcher`), with the PipelineConfig the index was extracted
 with, so an uploaded image is embedded exactly as the indexed ones were. Every bad input
 raises `RequestError` (an HTTP status, a short kind and a sentence); nothing here trusts a
@@ -21,7 +22,7 @@ import math
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,10 @@ from ..thumbs import ThumbnailError, thumbnail_of
 from .batching import MicroBatcher
 
 CODE_ENCODING = "hex"  # the binary code in JSON: numpy.packbits bytes as lowercase hex
+
+# the default upload pixel cap: decoding costs ~1.4x the RGB size at its peak (measured by
+# benchmarks/serve_upload_memory.py: 40 Mpx +163 MB, 81 Mpx +321 MB), and several decode at once
+UPLOAD_MAX_PIXELS = 40_000_000
 
 # decode error kind (decode.py) -> HTTP status
 _DECODE_STATUS = {"empty": 400, "too-large": 413, "not-an-image": 415, "corrupt": 422}
@@ -59,14 +64,22 @@ class ServeConfig:
 
     Args:
         max_upload_bytes: larger request bodies are refused (413) before they are read.
-        max_pixels: images declaring more pixels are refused (413); None keeps the index's
-            extraction cap (DecodeConfig.max_pixels).
+        max_pixels: images declaring more pixels are refused (413); None: the smaller of
+            `UPLOAD_MAX_PIXELS` and the index's extraction cap.
         max_k: the most neighbours one search returns (larger `k` is capped).
         batch_size: most images per model batch.
         batch_wait_ms: how long the first request of a batch waits for others.
         thumb_size: long side of /thumb images in pixels.
         thumb_cache: thumbnails kept in memory.
         threads: inference threads (0: the runtime decides).
+        max_decodes: uploads decoded at once (0: the number of cores); the others wait.
+        allowed_hosts: `Host` names answered besides the bound address and localhost.
+        token: the bearer token every route but /healthz requires (None: no token).
+        body_timeout_s: a request body must arrive within this many seconds (else 408).
+        header_timeout_s: a connection must send its request headers within this (else closed).
+        keep_alive_s: an idle keep-alive connection is closed after this.
+        max_connections: connections and requests at once; more get 503 from uvicorn.
+        docs: serve /docs (Swagger UI, loaded from a CDN) as well as /openapi.json.
     """
 
     max_upload_bytes: int = 20 * 1024 * 1024
@@ -77,6 +90,14 @@ class ServeConfig:
     thumb_size: int = 256
     thumb_cache: int = 2048
     threads: int = 0
+    max_decodes: int = 0
+    allowed_hosts: tuple[str, ...] = ()
+    token: str | None = field(default=None, repr=False)
+    body_timeout_s: float = 30.0
+    header_timeout_s: float = 10.0
+    keep_alive_s: float = 5.0
+    max_connections: int = 32  # x max_upload_bytes: the most request bodies held at once
+    docs: bool = False
 
     def __post_init__(self) -> None:
         if self.max_upload_bytes < 1:
@@ -91,6 +112,16 @@ class ServeConfig:
             raise ConfigError(f"batch_wait_ms must be in [0, 1000], got {self.batch_wait_ms}")
         if not 16 <= self.thumb_size <= 1024:
             raise ConfigError(f"thumb_size must be in [16, 1024], got {self.thumb_size}")
+        if self.max_decodes < 0 or self.max_connections < 1:
+            raise ConfigError("max_decodes must be >= 0 and max_connections >= 1")
+        if min(self.body_timeout_s, self.header_timeout_s, self.keep_alive_s) <= 0:
+            raise ConfigError("body_timeout_s, header_timeout_s and keep_alive_s must be > 0")
+        if self.token is not None and len(self.token) < 16:
+            raise ConfigError("the token must be at least 16 characters (e.g. `openssl rand -hex 16`)")
+
+    @property
+    def decodes_at_once(self) -> int:
+        return self.max_decodes or os.cpu_count() or 1
 
 
 def pipeline_config_for(index_config: dict[str, Any] | None, serve: ServeConfig) -> PipelineConfig:
@@ -98,16 +129,16 @@ def pipeline_config_for(index_config: dict[str, Any] | None, serve: ServeConfig)
 
     Args:
         index_config: `FeatureIndex.config`, the PipelineConfig dict used at extraction.
-        serve: the service's options (pixel cap and threads override the index's).
+        serve: the service's options (pixel cap and threads override the index's; uploads get
+            at most `UPLOAD_MAX_PIXELS` unless `serve.max_pixels` says otherwise).
 
     Raises:
         ConfigError: the index carries no extraction config.
     """
     threads = serve.threads or ((index_config or {}).get("run") or {}).get("threads", 0)
     config = query_config(index_config or {}, threads=threads)  # the same rules as `imgfeat search`
-    if serve.max_pixels is not None:
-        config = dataclasses.replace(config, decode=dataclasses.replace(config.decode, max_pixels=serve.max_pixels))
-    return config
+    max_pixels = serve.max_pixels or min(UPLOAD_MAX_PIXELS, config.decode.max_pixels)
+    return dataclasses.replace(config, decode=dataclasses.replace(config.decode, max_pixels=max_pixels))
 
 
 def _floats(values: Any) -> list[float] | None:
@@ -117,7 +148,7 @@ def _floats(values: Any) -> list[float] | None:
     return [None if math.isnan(v) else v for v in np.asarray(values, dtype=np.float64).tolist()]
 
 
-def _score(value: Any) -> float | None:
+def score_of(value: Any) -> float | None:
     return None if _absent(value) else float(value)
 
 
@@ -139,7 +170,7 @@ class SearchService:
 
     Raises:
         ConfigError: the index lacks an extraction config, or its models differ from the ones
-            this config builds, or the groups file lacks the dedup columns.
+            this config builds, or the groups file lacks the dedup columns (`DuplicateGroups`).
     """
 
     def __init__(self, index: Any, groups_path: str | os.PathLike | None = None,
@@ -151,16 +182,12 @@ class SearchService:
         if self.features.embedder.dim != index.dim:
             raise ConfigError(f"the index holds {index.dim}-d vectors but embedder "
                               f"{self.features.embedder.name!r} makes {self.features.embedder.dim}-d ones")
-        self.groups_path = os.fspath(groups_path) if groups_path is not None else None
-        if reviews_path is None and self.groups_path is not None:
-            from ..retrieval.reviews import default_reviews_path
+        from .groups import DuplicateGroups
 
-            reviews_path = default_reviews_path(self.groups_path)  # where `imgfeat dedup` looks
-        self.reviews_path = os.fspath(reviews_path) if reviews_path is not None else None
-        self.groups = _load_groups(self.groups_path) if self.groups_path else []
+        self.duplicates = DuplicateGroups(index, groups_path, reviews_path)
+        self._decoding = threading.BoundedSemaphore(self.config.decodes_at_once)
         self._thumbs: OrderedDict[str, bytes] = OrderedDict()
         self._thumbs_lock = threading.Lock()
-        self._reviews_lock = threading.Lock()
         self.batcher: MicroBatcher[_Job, dict] = MicroBatcher(
             self._process, max_batch=self.config.batch_size, max_wait_s=self.config.batch_wait_ms / 1000)
 
@@ -176,7 +203,8 @@ class SearchService:
         Raises:
             RequestError: 400 empty, 413 too many pixels, 415 not an image, 422 corrupt.
         """
-        decoded = decode_image(content, self.pipeline.decode)
+        with self._decoding:  # bounds the memory of concurrent decodes
+            decoded = decode_image(content, self.pipeline.decode)
         if decoded.error is not None:
             kind, _, detail = decoded.error.partition(": ")
             raise RequestError(_DECODE_STATUS.get(kind, 422), kind, detail or decoded.error)
@@ -210,7 +238,7 @@ class SearchService:
                 continue
             results.append({
                 "width": row["width"], "height": row["height"], "box": _floats(row["box"]),
-                "label": row["label"], "score": _score(row["score"]), "crop": row["crop"],
+                "label": row["label"], "score": score_of(row["score"]), "crop": row["crop"],
                 "embedding": _floats(embedding), "code": row["code"].hex(),
                 "code_encoding": CODE_ENCODING, "code_bits": len(row["code"]) * 8,
                 "models": dict(self.features.models),
@@ -226,7 +254,7 @@ class SearchService:
             wanted = list(dict.fromkeys(item_id for row in hits for item_id, _ in row))
             metadata = dict(zip(wanted, self.index.metadata(wanted))) if wanted else {}
             for row, i in enumerate(searching):
-                neighbours = [{"id": item_id, "score": score, **_public_metadata(metadata[item_id])}
+                neighbours = [{"id": item_id, "score": score, **public_metadata(metadata[item_id])}
                               for item_id, score in hits[row]]
                 results[i] = {"query": results[i], "k": jobs[i].k, "results": neighbours}
         return results
@@ -243,7 +271,7 @@ class SearchService:
         meta = self.index.metadata([item_id])[0]
         if meta is None:
             raise RequestError(404, "unknown-id", f"no item {item_id!r} in the index")
-        return {"id": item_id, **_public_metadata(meta)}
+        return {"id": item_id, **public_metadata(meta)}
 
     def thumbnail(self, item_id: str) -> bytes:
         """A JPEG thumbnail of an indexed image, read from the path the index recorded.
@@ -279,73 +307,25 @@ class SearchService:
         if not self.index.contains(item_id):
             raise RequestError(404, "unknown-id", f"no item {item_id!r} in the index")
 
-    # --- duplicate groups and reviews -----------------------------------------------------
-
-    def group_page(self, offset: int, limit: int) -> dict[str, Any]:
-        """A page of duplicate groups, each marked with its review verdict (or None).
-
-        Raises:
-            RequestError: 404 when the service was started without a groups file.
-        """
-        if self.groups_path is None:
-            raise RequestError(404, "no-groups", "start the service with --groups GROUPS.parquet "
-                                                 "(written by `imgfeat dedup`) to review duplicates")
-        reviewed = self._reviewed()
-        page = []
-        for group in self.groups[offset:offset + limit]:
-            ids = frozenset(item["id"] for item in group["items"])
-            page.append({**group, "verdict": reviewed.get(ids)})
-        return {"total": len(self.groups), "offset": offset, "limit": limit, "groups": page}
-
-    def review(self, ids: list[str], verdict: str) -> dict[str, Any]:
-        """Store a reviewer's verdict on a set of ids (respected by the next `imgfeat dedup`).
-
-        Raises:
-            RequestError: 404 without a reviews file; 422 for fewer than two distinct ids, or
-                ids that are not in the index.
-        """
-        from ..retrieval.reviews import save_review
-
-        if self.reviews_path is None:
-            raise RequestError(404, "no-reviews", "start the service with --groups (or --reviews) "
-                                                  "to store duplicate reviews")
-        unique = sorted(set(ids))
-        if len(unique) < 2:
-            raise RequestError(422, "invalid-review", "a review needs at least two distinct ids")
-        unknown = [item_id for item_id in unique if not self.index.contains(item_id)]
-        if unknown:
-            raise RequestError(422, "unknown-id", f"not in the index: {', '.join(unknown[:5])}")
-        with self._reviews_lock:
-            save_review(self.reviews_path, unique, verdict=verdict)
-        return {"ids": unique, "verdict": verdict}
-
-    def _reviewed(self) -> dict[frozenset, str]:
-        from ..retrieval.reviews import load_reviews
-
-        if self.reviews_path is None or not os.path.exists(self.reviews_path):
-            return {}
-        with self._reviews_lock:
-            reviews = load_reviews(self.reviews_path)
-        return _verdicts(reviews)
-
     def health(self) -> dict[str, Any]:
         """Index size, models and batching figures for /healthz."""
         stats = self.batcher.stats
         return {
             "status": "ok", "items": len(self.index), "dim": self.index.dim,
-            "models": dict(self.features.models), "groups": len(self.groups) if self.groups_path else None,
+            "models": dict(self.features.models),
+            "groups": len(self.duplicates.groups) if self.duplicates.groups_path else None,
             "batching": {"max_batch": self.batcher.max_batch, "max_wait_ms": self.config.batch_wait_ms,
                          "batches": stats.batches, "images": stats.jobs,
                          "mean_batch": round(stats.mean_batch, 2), "largest_batch": stats.largest},
         }
 
 
-def _public_metadata(meta: dict[str, Any] | None) -> dict[str, Any]:
+def public_metadata(meta: dict[str, Any] | None) -> dict[str, Any]:
     """The JSON form of `FeatureIndex.metadata` for one id (everything but vectors)."""
     meta = meta or {}
     return {
         "path": _text(meta.get("path")), "box": _floats(meta.get("box")), "label": _text(meta.get("label")),
-        "detector_score": _score(meta.get("score")),  # "score" is the similarity in results
+        "detector_score": score_of(meta.get("score")),  # "score" is the similarity in results
         "width": _int(meta.get("width")), "height": _int(meta.get("height")), "crop": _text(meta.get("crop")),
     }
 
@@ -366,39 +346,3 @@ def _int(value: Any) -> int | None:
 
 def _text(value: Any) -> str | None:
     return None if _absent(value) else str(value)
-
-
-def _verdicts(reviews: Any) -> dict[frozenset, str]:
-    """{frozenset(ids): verdict} from what `load_reviews` returns (records or a mapping)."""
-    if isinstance(reviews, dict):
-        return {frozenset(ids): (verdict if isinstance(verdict, str) else "not-duplicate")
-                for ids, verdict in reviews.items()}
-    out: dict[frozenset, str] = {}
-    for review in reviews or []:
-        if isinstance(review, dict):
-            out[frozenset(review.get("ids", ()))] = review.get("verdict", "not-duplicate")
-        else:
-            out[frozenset(review)] = "not-duplicate"
-    return out
-
-
-def _load_groups(path: str) -> list[dict[str, Any]]:
-    import pandas as pd
-
-    try:
-        frame = pd.read_parquet(path)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the groups file {path}: {exc}; write it with `imgfeat dedup`") from exc
-    needed = {"group", "id", "path"}
-    if not needed <= set(frame.columns):
-        raise ConfigError(f"{path} lacks columns {sorted(needed - set(frame.columns))}: "
-                          f"not a groups file written by `imgfeat dedup`")
-    groups = []
-    for group_id, members in frame.groupby("group", sort=True):
-        if "is_representative" in members:
-            members = members.sort_values("is_representative", ascending=False, kind="stable")
-        items = [{"id": str(row["id"]), "is_representative": bool(row.get("is_representative", False)),
-                  "score": _score(row.get("score")), **_public_metadata(row)}
-                 for row in members.to_dict("records")]
-        groups.append({"group": group_id.item() if hasattr(group_id, "item") else group_id, "items": items})
-    return groups

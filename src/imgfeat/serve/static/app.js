@@ -2,6 +2,16 @@
 // Everything from the server is put into the page with textContent/attributes, never innerHTML.
 "use strict";
 
+// A token in the address (http://host:8000/#token=TOKEN) becomes a same-site cookie that goes with
+// every request of this page (thumbnails too); the fragment never reaches the server or its logs.
+(function takeToken() {
+  const match = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+  if (match) {
+    document.cookie = `imgfeat_token=${encodeURIComponent(decodeURIComponent(match[1]))}; path=/; SameSite=Strict`;
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+})();
+
 const $ = (id) => document.getElementById(id);
 const PAGE_SIZE = 10;
 let groupOffset = 0;
