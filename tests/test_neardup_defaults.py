@@ -47,3 +47,31 @@ def test_default_dedup_groups_every_copy_with_its_original(copies, capsys):
     # and no photo is grouped with another photo's copy
     for _, members in groups.groupby("group"):
         assert members["path"].map(_partner).nunique() == 1, members["path"].tolist()
+
+
+def test_image_index_search_and_serve_use_whole_image_vectors(copies):
+    """An index of whole-image vectors built from detect-on features: queries are embedded
+    whole (no detection), so a copy finds its original first, in search and in the server."""
+    import asyncio
+
+    import imgfeat
+    from imgfeat.serve.service import SearchService
+
+    root, names = copies
+    index = imgfeat.index(root / "features", root / "image-index", vector="image")
+    assert index.crop == "whole-image" and imgfeat.load_index(root / "image-index").crop == "whole-image"
+    queries = [str(root / "photos" / f"{Path(n).stem}_copy.jpg") for n in names]
+    hits = imgfeat.search(index, queries, k=2)
+    first = hits[hits["rank"] == 1]
+    # rank 1 is the copy itself (it is indexed); rank 2 its original
+    second = hits[hits["rank"] == 2]
+    assert (first["score"] > 0.999).all()
+    assert [_partner(p) for p in second["path"]] == [Path(n).stem for n in names]
+    service = SearchService(index)
+    try:
+        decoded = service.decode((root / "photos" / "dog_copy.jpg").read_bytes())
+        result = asyncio.run(service.search(decoded, 2))
+    finally:
+        service.close()
+    assert result["query"]["crop"] == "full:detect-off"
+    assert {_partner(r["path"]) for r in result["results"]} == {"dog"}

@@ -46,7 +46,7 @@ def fuzz_schema(tmp_path_factory):
         # schemathesis runs each call in its own TestClient, i.e. its own lifespan, whose end
         # would stop the batch worker: answer lifespan events here and stop it once, at the end
         if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
+            while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return

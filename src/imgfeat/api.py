@@ -114,14 +114,15 @@ def read_features(source: str | os.PathLike | Sequence[str | os.PathLike]) -> Fe
 
 
 def index(features: str | os.PathLike | Sequence[str | os.PathLike], output: str | os.PathLike | None = None,
-          *, kind: str = "auto", codes: bool = True) -> "FeatureIndex":
+          *, kind: str = "auto", codes: bool = True, vector: str = "auto") -> "FeatureIndex":
     """Build a FAISS index over the ok rows of `features`, saved to `output` when given.
 
-    See `imgfeat.retrieval.index.FeatureIndex` for kinds ("auto", "flat", "hnsw", "ivf", "ivfpq").
+    See `imgfeat.retrieval.index.FeatureIndex.build` for kinds ("auto", "flat", "hnsw", "ivf",
+    "ivfpq") and vectors ("object": the main object's, "image": the whole image's).
     """
     from .retrieval.index import FeatureIndex
 
-    built = FeatureIndex.build(features, kind=kind, codes=codes)
+    built = FeatureIndex.build(features, kind=kind, codes=codes, vector=vector)
     if output is not None:
         built.save(output)
     return built

@@ -17,7 +17,6 @@ file name or content type: the bytes are sniffed by the decoder.
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 import os
 import threading
@@ -26,9 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from ..config import DecodeConfig, PipelineConfig
+from ..config import PipelineConfig
 from ..decode import Decoded, decode_image
 from ..errors import ConfigError
 from ..dataset import embedding_matrix
@@ -178,6 +176,9 @@ class SearchService:
         self.index = index
         self.config = config or ServeConfig()
         self.pipeline = pipeline_config_for(index.config, self.config)
+        if getattr(index, "crop", "object") == "whole-image":  # whole-image vectors: no detection for uploads
+            self.pipeline = dataclasses.replace(
+                self.pipeline, detect=dataclasses.replace(self.pipeline.detect, model="none"))
         self.features = Features(self.pipeline)
         if self.features.embedder.dim != index.dim:
             raise ConfigError(f"the index holds {index.dim}-d vectors but embedder "
