@@ -156,6 +156,9 @@ def test_extract_features_transform_and_dead_letter(folder, tmp_path):
     with beam.Pipeline("DirectRunner") as p:
         rows = p | "paths" >> beam.Create(good) | "paths features" >> ib.ExtractFeatures(**FAST_MODELS)
         _ = rows | beam.io.WriteToParquet(str(tmp_path / "written" / "part"), schema, file_name_suffix=".parquet")
+        tables = p | "paths again" >> beam.Create(good) | "as tables" >> ib.ExtractFeatures(tables=True, **FAST_MODELS)
+        _ = tables | beam.io.WriteToParquetBatched(str(tmp_path / "batched" / "part"), schema,
+                                                    file_name_suffix=".parquet")
         pairs = [(f"bad-{i}", (AWKWARD / name).read_bytes()) for i, name in enumerate(BAD)]
         pairs += [("good", (folder / "a00.jpg").read_bytes()), ("none", None)]
         split = (p | "pairs" >> beam.Create(pairs + [str(folder / "zz_dangling.jpg")])
@@ -167,6 +170,9 @@ def test_extract_features_transform_and_dead_letter(folder, tmp_path):
     assert sorted(written.column("status").to_pylist()) == ["ok"] * 8
     ids = written.column("id").to_pylist()
     assert sorted(ids) == sorted(r["id"] for r in reference.values() if r["status"] == "ok")
+    batched = pq.read_table(tmp_path / "batched")
+    assert batched.schema.equals(schema) and sorted(batched.to_pylist(), key=lambda r: r["id"]) == \
+        sorted(written.to_pylist(), key=lambda r: r["id"])
     local_rows = {r["id"]: r for r in ib.features_table(good, ib.PipelineConfig.from_options(**FAST_MODELS)).to_pylist()}
     for row in written.to_pylist():
         np.testing.assert_allclose(row["embedding"], local_rows[row["id"]]["embedding"], atol=1e-5)
