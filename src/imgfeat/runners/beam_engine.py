@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from ..config import PipelineConfig
 from ..errors import ConfigError
@@ -98,7 +98,8 @@ class ShardFn(beam.DoFn):
         yield summary
 
 
-def pipeline_options(runner: str | None, pipeline_args: Sequence[str] | None, shards: int) -> tuple[PipelineOptions, bool]:
+def pipeline_options(runner: str | None, pipeline_args: Sequence[str] | None,
+                     shards: int) -> tuple[PipelineOptions, bool]:
     """Beam options for a run, and whether they run on the local DirectRunner.
 
     `runner` overrides a --runner in `pipeline_args` (default DirectRunner). On the
@@ -107,7 +108,7 @@ def pipeline_options(runner: str | None, pipeline_args: Sequence[str] | None, sh
     """
     args = list(pipeline_args or [])
     options = PipelineOptions(args)
-    chosen = runner or options.view_as(beam.options.pipeline_options.StandardOptions).runner or "DirectRunner"
+    chosen = runner or options.view_as(StandardOptions).runner or "DirectRunner"
     args = [a for a in args if not a.startswith("--runner")] + [f"--runner={chosen}"]
     direct = chosen.split(".")[-1] in DIRECT
     if direct and not any(a.startswith("--direct_num_workers") for a in args):
