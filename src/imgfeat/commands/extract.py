@@ -65,9 +65,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "`imgfeat train-hash` (default rproj)")
     g = p.add_argument_group("execution")
     g.add_argument("--engine", default="local",
-                   help="local (default: pipelined, this machine), spark or ray (needs imgfeat[spark|ray])")
+                   help="local (default: pipelined, this machine), spark, ray or beam (needs imgfeat[spark|ray|beam])")
     g.add_argument("--master", help="with --engine spark: the Spark master URL (default local[*] or $MASTER)")
     g.add_argument("--address", help="with --engine ray: the Ray cluster address (default local, or $RAY_ADDRESS)")
+    g.add_argument("--runner", help="with --engine beam: the Beam runner (default DirectRunner; DataflowRunner, "
+                                    "FlinkRunner, ...)")
+    g.add_argument("--beam-option", action="append", default=[], metavar="OPTION",
+                   help="with --engine beam: one Beam pipeline option, repeatable "
+                        "(--beam-option=--project=p --beam-option=--temp_location=gs://b/tmp)")
     g.add_argument("--batch-size", type=int, default=None,
                    help="images per call of both models (default per device, detector/embedder: " +
                         ", ".join(f"{d} {a}/{b}" for d, (a, b) in DEFAULT_BATCH_SIZES.items()) + ")")
@@ -109,7 +114,8 @@ def _extract(args: argparse.Namespace) -> int:
         max_error_ratio=args.max_error_ratio, retries=args.retries, retry_errors=args.retry_errors,
         max_pixels=args.max_pixels, max_side=args.max_side, progress=not args.no_progress,
     )
-    engine_options = {k: v for k, v in (("master", args.master), ("address", args.address)) if v}
+    engine_options = {k: v for k, v in (("master", args.master), ("address", args.address), ("runner", args.runner),
+                                        ("pipeline_args", args.beam_option)) if v}
     report = extract(args.source, args.output, include=args.include, content_column=args.content_column,
                      path_column=args.path_column, id_column=args.id_column, engine=args.engine,
                      engine_options=engine_options, **options)

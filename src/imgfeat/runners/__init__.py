@@ -2,7 +2,7 @@
 
 Every runner takes the same arguments and returns a RunReport; "local" is the reference.
 They share `base.py` (plan, report, finish) and `tasks.py` (the engines' shard task).
-Engine runners (Spark, Ray) import their engines lazily. A new runner is a function with
+Engine runners (Spark, Ray, Beam) import their engines lazily. A new runner is a function with
 `run_local`'s signature added to RUNNERS.
 """
 
@@ -37,7 +37,19 @@ def run_ray(*args: Any, **kwargs: Any) -> RunReport:
     return runner(*args, **kwargs)
 
 
-RUNNERS: dict[str, Callable[..., RunReport]] = {"local": run_local, "spark": run_spark, "ray": run_ray}
+def run_beam(*args: Any, **kwargs: Any) -> RunReport:
+    """`runners.beam_engine.run_beam`, imported only when called (needs imgfeat[beam])."""
+    try:
+        import apache_beam  # noqa: F401
+    except ImportError as exc:
+        raise MissingExtra("apache-beam", extra="beam", purpose="--engine beam") from exc
+    from .beam_engine import run_beam as runner
+
+    return runner(*args, **kwargs)
+
+
+RUNNERS: dict[str, Callable[..., RunReport]] = {"local": run_local, "spark": run_spark, "ray": run_ray,
+                                                "beam": run_beam}
 
 
 def get_runner(name: str) -> Callable[..., RunReport]:
@@ -46,4 +58,4 @@ def get_runner(name: str) -> Callable[..., RunReport]:
     return RUNNERS[name]
 
 
-__all__ = ["RUNNERS", "RunReport", "get_runner", "run_local", "run_ray", "run_spark"]
+__all__ = ["RUNNERS", "RunReport", "get_runner", "run_beam", "run_local", "run_ray", "run_spark"]
