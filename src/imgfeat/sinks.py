@@ -231,11 +231,18 @@ class ParquetSink:
             The shard's new stats.
         """
         old = self.read_shard(shard.name)
+        old_ids = old.column("id").to_pylist()
         replacement = {row_id: i for i, row_id in enumerate(table.column("id").to_pylist())}
-        pick_new = [replacement.get(row_id, -1) for row_id in old.column("id").to_pylist()]
-        pieces = [table.slice(i, 1) if i >= 0 else old.slice(j, 1) for j, i in enumerate(pick_new)]
-        merged = pa.concat_tables([p.cast(old.schema) for p in pieces]) if pieces else old
-        return self.write_shard(shard, merged)
+        missing = set(replacement) - set(old_ids)
+        if missing or table.num_rows != len(shard.items):
+            raise AssertionError(f"shard {shard.index}: cannot patch {table.num_rows} rows for "
+                                 f"{len(shard.items)} inputs ({len(missing)} ids not in the shard)")
+        both = pa.concat_tables([old, table.select(old.schema.names).cast(old.schema)])
+        rows = [old.num_rows + replacement[row_id] if row_id in replacement else j
+                for j, row_id in enumerate(old_ids)]
+        merged = both.take(pa.array(rows, pa.int64()))
+        atomic_write(self._path(shard.name), _parquet_writer(merged), fs=self.fs)
+        return shard_stats(merged)
 
     def finish(self, summary: dict[str, Any], stats: dict[str, dict[str, Any]]) -> dict[str, int]:
         """Record this run and the shard stats in the manifest; returns the output's totals."""
