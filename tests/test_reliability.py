@@ -255,3 +255,75 @@ def test_retry_errors_recomputes_only_transient_failures_in_place(tmp_path, monk
     reads.clear()  # nothing transient left: a second --retry-errors reads nothing
     assert imgfeat.extract(src, out, **FAST_MODELS, shard_size=4, retry_errors=True).retried == 0
     assert reads == []
+
+
+def test_a_failed_write_ends_the_run_instead_of_hanging_it(tmp_path, monkeypatch):
+    """The writer thread failed on the first shard while the main thread kept queueing shards:
+    the queue filled and `close()` blocked forever (found by the full-disk test)."""
+    import threading
+    import time
+
+    src = images(tmp_path / "in", 12)
+    real = sinks_module.ParquetSink.write_shard
+
+    def failing(self, shard, table):
+        if shard.index == 0:
+            time.sleep(0.3)  # the main thread fills the queue meanwhile
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, shard, table)
+
+    monkeypatch.setattr(sinks_module.ParquetSink, "write_shard", failing)
+    outcome = []
+
+    def run():
+        try:
+            imgfeat.extract(src, tmp_path / "out", **FAST_MODELS, shard_size=1)
+        except OSError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "the run hung after a failed shard write"
+    assert outcome and outcome[0].errno == errno.ENOSPC
+
+
+# --- every file imgfeat writes is written whole or not at all ---------------------------------
+
+@pytest.mark.parametrize("suffix", [".npz", ".onnx"])
+def test_hash_files_are_written_atomically(tmp_path, monkeypatch, suffix):
+    import numpy as np
+
+    import imgfeat.storage
+    from imgfeat.models.learned_hash import load_hasher, save_hasher
+
+    if suffix == ".onnx":
+        pytest.importorskip("onnx", reason="writing .onnx hash files needs onnx")
+    rng = np.random.default_rng(0)
+    path = tmp_path / f"hash{suffix}"
+    save_hasher(path, rng.normal(size=(16, 64)), np.zeros(64), "rproj")
+    before = path.read_bytes()
+    assert load_hasher(path, 16).bits == 64
+
+    def fail_rename(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(imgfeat.storage.os, "replace", fail_rename)
+    with pytest.raises(OSError):
+        save_hasher(path, rng.normal(size=(16, 128)), np.zeros(128), "rproj")
+    monkeypatch.undo()
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_eval_json_out_is_written_atomically(tmp_path, monkeypatch, capsys):
+    import imgfeat.evaluate
+
+    target = tmp_path / "results" / "out.json"
+    monkeypatch.setattr(imgfeat.evaluate, "run_neardup", lambda settings, log=None: {"top1": 0.5})
+    assert main(["eval", "neardup", "--photos", str(tmp_path), "--json-out", str(target), "--json"]) == 0
+    assert json.loads(target.read_text()) == {"top1": 0.5}
+    monkeypatch.setattr(imgfeat.storage.os, "replace",
+                        lambda src, dst: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    assert main(["eval", "neardup", "--photos", str(tmp_path), "--json-out", str(target), "--json"]) == 1
+    assert "disk is full" in capsys.readouterr().err
+    assert json.loads(target.read_text()) == {"top1": 0.5} and [p.name for p in target.parent.iterdir()] == ["out.json"]
