@@ -118,6 +118,9 @@ def test_retries_make_flaky_storage_equal_the_clean_run(flaky_photos, tmp_path):
     assert injected >= 10 and set(FlakyFileSystem.injected) == {"ConnectionError", "TimeoutError"}
     assert report.failed == 1 and report.errors == {"not-an-image": 1}
     same_rows(tmp_path / "flaky", tmp_path / "clean")
+    print(f"\nflaky storage: {injected} transient read failures injected "
+          f"({dict(FlakyFileSystem.injected)}) over {COUNT + 1} inputs, 3 tries each: output equal to the "
+          f"clean run, 0 rows lost")
 
 
 def test_without_retries_failures_are_transient_rows_that_retry_errors_repairs(flaky_photos, tmp_path, capsys):
