@@ -327,3 +327,41 @@ def test_eval_json_out_is_written_atomically(tmp_path, monkeypatch, capsys):
     assert main(["eval", "neardup", "--photos", str(tmp_path), "--json-out", str(target), "--json"]) == 1
     assert "disk is full" in capsys.readouterr().err
     assert json.loads(target.read_text()) == {"top1": 0.5} and [p.name for p in target.parent.iterdir()] == ["out.json"]
+
+
+def test_only_imgfeat_temporary_names_are_imgfeat_files(tmp_path):
+    """A user's hidden ".x.tmp-..." file survives --overwrite; a write check left by a kill
+    during start-up does not block the rerun."""
+    src = images(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    imgfeat.extract(src, out, **FAST_MODELS, shard_size=2)
+    mine = [".notes.tmp-1a2b3c4d", ".thesis.docx.tmp-mine", ".tmp-"]
+    for name in mine:
+        (out / name).write_text("user data")
+    (out / ".part-00000.parquet.tmp-0badf00d").write_bytes(b"half a shard")
+    imgfeat.extract(src, out, **FAST_MODELS, shard_size=3, overwrite=True)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(mine + ["_manifest.json", "part-00000.parquet"])
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / ".imgfeat-write-check").write_bytes(b"")
+    (fresh / "..imgfeat-write-check.tmp-12345678").write_bytes(b"")
+    imgfeat.extract(src, fresh, **FAST_MODELS)
+    assert sorted(p.name for p in fresh.iterdir()) == ["_manifest.json", "part-00000.parquet"]
+
+
+def test_remote_output_inside_a_remote_source_is_refused(tmp_path):
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    blob_image(tmp_path / "a.png")
+    memory.pipe_file("/imgfeat-overlap/photos/a.png", (tmp_path / "a.png").read_bytes())
+    for output in ("memory://imgfeat-overlap/photos/features", "memory://imgfeat-overlap/photos",
+                   "memory://imgfeat-overlap"):
+        with pytest.raises(ConfigError, match="overlaps"):
+            imgfeat.extract("memory://imgfeat-overlap/photos", output, **FAST_MODELS)
+    assert memory.find("/imgfeat-overlap") == ["/imgfeat-overlap/photos/a.png"]
+    imgfeat.extract("memory://imgfeat-overlap/photos", "memory://imgfeat-overlap-features", **FAST_MODELS)
+    memory.rm("/imgfeat-overlap", recursive=True)
+    memory.rm("/imgfeat-overlap-features", recursive=True)
