@@ -109,3 +109,17 @@ def test_one_raising_file_does_not_abort_a_run(monkeypatch, tmp_path):
     assert odd.error.iloc[0].startswith("unsupported:")
     assert (frame.status == "ok").sum() == 4
     assert np.all(frame[frame.status == "ok"].embedding.map(len) > 0)
+
+
+def test_degenerate_sizes_and_modes_go_through_the_whole_pipeline(tmp_path):
+    """1x1, 1x3000, 3000x1, LA and 16-bit images decode, detect, crop and embed: ok rows."""
+    import imgfeat
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    for w, h in [(1, 1), (1, 3000), (3000, 1), (2, 2), (7, 1)]:
+        Image.fromarray(np.full((h, w, 3), 128, np.uint8)).save(folder / f"s{w}x{h}.png")
+    Image.new("LA", (5, 5)).save(folder / "la.png")
+    Image.new("I;16", (3, 9)).save(folder / "i16.png")
+    report = imgfeat.extract(folder, tmp_path / "out", **FAST_MODELS)
+    assert (report.ok, report.failed) == (7, 0)
