@@ -365,3 +365,44 @@ def test_remote_output_inside_a_remote_source_is_refused(tmp_path):
     imgfeat.extract("memory://imgfeat-overlap/photos", "memory://imgfeat-overlap-features", **FAST_MODELS)
     memory.rm("/imgfeat-overlap", recursive=True)
     memory.rm("/imgfeat-overlap-features", recursive=True)
+
+
+def test_a_review_that_cannot_be_written_leaves_the_file_whole(tmp_path, monkeypatch):
+    from imgfeat.retrieval.reviews import load_reviews, save_review
+
+    path = tmp_path / "reviews.jsonl"
+    save_review(path, ["a", "b"], "not-duplicate")
+    before = path.read_bytes()
+    monkeypatch.setattr(storage_module.os, "replace",
+                        lambda src, dst: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(OSError):
+        save_review(path, ["c", "d"], "not-duplicate")
+    monkeypatch.undo()
+    assert path.read_bytes() == before and [r["ids"] for r in load_reviews(path)] == [["a", "b"]]
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_a_failed_index_swap_puts_the_previous_index_back(tmp_path, monkeypatch):
+    """Replacing an index folder renames the old one aside, then the new one in; when the
+    second rename fails, the old one must be back under its name, not left hidden."""
+    import imgfeat.retrieval.index_files as index_files
+
+    src = images(tmp_path / "in", 6)
+    imgfeat.extract(src, tmp_path / "features", **FAST_MODELS)
+    target = tmp_path / "index"
+    imgfeat.index(tmp_path / "features", target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    real = os.replace
+
+    def second_fails(src_path, dst_path):
+        if os.path.basename(str(src_path)).startswith(".index.tmp-"):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real(src_path, dst_path)
+
+    monkeypatch.setattr(index_files.os, "replace", second_fails)
+    with pytest.raises(OSError):
+        imgfeat.index(tmp_path / "features", target)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features", "in", "index"]
+    assert len(imgfeat.load_index(target)) == 6

@@ -120,9 +120,14 @@ def write_index_folder(path: str | os.PathLike, parts: IndexParts) -> None:
         if os.path.exists(path):
             old = os.path.join(parent, f".{os.path.basename(path)}.old-{uuid.uuid4().hex[:8]}")
             os.replace(path, old)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old:  # the new folder could not be moved in: put the previous one back
+                os.replace(old, path)
+            raise
         if old:
-            shutil.rmtree(old)
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
