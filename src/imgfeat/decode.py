@@ -58,7 +58,7 @@ def _reduce_factor(width: int, height: int, max_side: int) -> int:
 def _orientation(img: Image.Image) -> int:
     try:
         return int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
-    except (ValueError, TypeError, OSError, SyntaxError):  # malformed EXIF: ignore it, keep pixels
+    except Exception:  # noqa: BLE001 - malformed EXIF (or its warning raised as an error): keep pixels
         return 1
 
 
@@ -105,46 +105,65 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
 def decode_image(content: bytes, config: DecodeConfig = DecodeConfig()) -> Decoded:
     """Decode one image. Never raises on bad data: see `Decoded.error`.
 
+    Whatever Pillow or libjpeg-turbo raise while identifying or decoding one file (OSError,
+    struct.error, MemoryError, NotImplementedError, a warning turned into an error...)
+    becomes that image's error, so one odd file cannot take a run down.
+
     Args:
         content: the file's bytes.
         config: pixel cap and reduced-size decoding.
 
     Returns:
         Decoded with an H x W x 3 uint8 image, or with `error` set to a reason such as
-        "empty: ...", "not-an-image: ...", "corrupt: ...", "too-large: ...".
+        "empty: ...", "not-an-image: ...", "corrupt: ...", "unsupported: ...", "too-large: ...".
     """
     if not content:
         return Decoded(None, error="empty: the file has 0 bytes")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(content))
-    except Image.DecompressionBombError as exc:
-        return Decoded(None, error=f"too-large: {exc}")
-    except UnidentifiedImageError:
-        return Decoded(None, error="not-an-image: format not recognised")
-    except (OSError, ValueError, SyntaxError) as exc:
-        return Decoded(None, error=f"corrupt: {type(exc).__name__}: {exc}")
+        return _decode(content, config)
+    except Exception as exc:  # noqa: BLE001 - any failure on one file is that file's error row
+        return Decoded(None, error=failure_reason(exc))
 
-    width, height = img.size
-    if width <= 0 or height <= 0:
-        return Decoded(None, error=f"corrupt: invalid size {width}x{height}")
-    if width * height > config.max_pixels:
-        return Decoded(None, error=f"too-large: {width}x{height} = {width * height} pixels > "
-                                   f"cap {config.max_pixels} (possible decompression bomb)")
-    orientation = _orientation(img)
-    oriented = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+def failure_reason(exc: BaseException) -> str:
+    """The error reason for an exception raised while decoding one image.
+
+    too-large for Pillow's bomb checks, unsupported for a format feature or mode Pillow
+    cannot handle (NotImplementedError, "conversion ... not supported"), not-an-image when
+    no decoder recognises the bytes, corrupt for everything else.
+    """
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return f"too-large: {detail}"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not-an-image: format not recognised"
+    if isinstance(exc, NotImplementedError) or (isinstance(exc, ValueError) and "not supported" in detail):
+        return f"unsupported: {type(exc).__name__}: {detail}"
+    if isinstance(exc, MemoryError):
+        return "corrupt: out of memory while decoding (MemoryError)"
+    return f"corrupt: cannot decode ({type(exc).__name__}: {detail})"
+
+
+def _decode(content: bytes, config: DecodeConfig) -> Decoded:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own cap decides
+        img = Image.open(io.BytesIO(content))
     try:
+        width, height = img.size
+        if width <= 0 or height <= 0:
+            return Decoded(None, error=f"corrupt: invalid size {width}x{height}")
+        if width * height > config.max_pixels:
+            return Decoded(None, error=f"too-large: {width}x{height} = {width * height} pixels > "
+                                       f"cap {config.max_pixels} (possible decompression bomb)")
+        orientation = _orientation(img)
+        oriented = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
         if img.format == "JPEG" and img.mode in ("RGB", "L") and simplejpeg is not None:
             array = _decode_jpeg_fast(content, width, height, config.max_side)
         else:
             array = _decode_pillow(img, config.max_side)
         array = orient_array(array, orientation)
-    except Image.DecompressionBombError as exc:
-        return Decoded(None, error=f"too-large: {exc}")
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
-        reason = str(exc) or type(exc).__name__
-        return Decoded(None, error=f"corrupt: cannot decode ({reason})")
+        if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8 or 0 in array.shape:
+            return Decoded(None, error=f"unsupported: decoded to {array.dtype} {array.shape}, not RGB")
     finally:
         img.close()
     return Decoded(np.ascontiguousarray(array), width=oriented[0], height=oriented[1])
@@ -174,4 +193,4 @@ def _decode_pillow(img: Image.Image, max_side: int) -> np.ndarray:
     return _to_rgb(img)
 
 
-__all__ = ["Decoded", "decode_image", "orient_array"]
+__all__ = ["Decoded", "decode_image", "failure_reason", "orient_array"]

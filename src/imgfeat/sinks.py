@@ -34,9 +34,10 @@ from fsspec.core import url_to_fs
 
 from .errors import OutputError
 from .sources import Item
-from .storage import atomic_write, classify, is_temporary, local_path
+from .storage import atomic_write, classify, is_temporary, local_path, temporary_target
 
 MANIFEST = "_manifest.json"
+WRITE_CHECK = ".imgfeat-write-check"  # written and removed by `prepare`; a kill may leave it
 FORMAT_VERSION = 1
 SHARD_PATTERN = re.compile(r"^part-\d{5,}\.parquet$")
 # what must match for a resumed run to continue an output
@@ -70,7 +71,10 @@ class Shard:
 
 def imgfeat_file(name: str) -> bool:
     """Whether a file name in an output folder is one imgfeat writes (and may delete)."""
-    return name == MANIFEST or bool(SHARD_PATTERN.match(name)) or is_temporary(name)
+    target = temporary_target(name)
+    if target is not None:  # only the temporary files of imgfeat's own names, not a user's ".x.tmp-..."
+        return imgfeat_file(target)
+    return name in (MANIFEST, WRITE_CHECK) or bool(SHARD_PATTERN.match(name))
 
 
 def shard_stats(table: pa.Table) -> dict[str, Any]:
@@ -149,8 +153,8 @@ class ParquetSink:
         self.manifest = existing or {}
         try:
             self.fs.makedirs(self.root, exist_ok=True)
-            atomic_write(self._path(".imgfeat-write-check"), b"", fs=self.fs)
-            self.fs.rm(self._path(".imgfeat-write-check"))
+            atomic_write(self._path(WRITE_CHECK), b"", fs=self.fs)
+            self.fs.rm(self._path(WRITE_CHECK))
         except (OSError, ValueError) as exc:
             raise OutputError(f"cannot write to {self.output}: {classify(exc).detail}") from exc
 
@@ -190,7 +194,7 @@ class ParquetSink:
     def clean_temporary(self) -> None:
         """Remove files left half-written by a killed run."""
         for name in self._names():
-            if is_temporary(name):
+            if (is_temporary(name) and imgfeat_file(name)) or name == WRITE_CHECK:
                 self.fs.rm(self._path(name))
 
     def write_shard(self, shard: Shard, table: pa.Table) -> dict[str, Any]:
@@ -231,11 +235,18 @@ class ParquetSink:
             The shard's new stats.
         """
         old = self.read_shard(shard.name)
+        old_ids = old.column("id").to_pylist()
         replacement = {row_id: i for i, row_id in enumerate(table.column("id").to_pylist())}
-        pick_new = [replacement.get(row_id, -1) for row_id in old.column("id").to_pylist()]
-        pieces = [table.slice(i, 1) if i >= 0 else old.slice(j, 1) for j, i in enumerate(pick_new)]
-        merged = pa.concat_tables([p.cast(old.schema) for p in pieces]) if pieces else old
-        return self.write_shard(shard, merged)
+        missing = set(replacement) - set(old_ids)
+        if missing or table.num_rows != len(shard.items):
+            raise AssertionError(f"shard {shard.index}: cannot patch {table.num_rows} rows for "
+                                 f"{len(shard.items)} inputs ({len(missing)} ids not in the shard)")
+        both = pa.concat_tables([old, table.select(old.schema.names).cast(old.schema)])
+        rows = [old.num_rows + replacement[row_id] if row_id in replacement else j
+                for j, row_id in enumerate(old_ids)]
+        merged = both.take(pa.array(rows, pa.int64()))
+        atomic_write(self._path(shard.name), _parquet_writer(merged), fs=self.fs)
+        return shard_stats(merged)
 
     def finish(self, summary: dict[str, Any], stats: dict[str, dict[str, Any]]) -> dict[str, int]:
         """Record this run and the shard stats in the manifest; returns the output's totals."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import stat
 import time
 import uuid
@@ -299,10 +300,19 @@ def atomic_local_path(target: str | os.PathLike) -> Iterator[str]:
     _fsync_folder(folder)
 
 
+_TEMPORARY = re.compile(r"^\.(?P<target>.+)\.tmp-[0-9A-Za-z]+$")
+
+
 def is_temporary(name: str) -> bool:
-    """Whether a file name is one of atomic_write's temporary names."""
-    return name.startswith(".") and ".tmp-" in name
+    """Whether a file name is one of atomic_write's temporary names (".NAME.tmp-1a2b3c4d")."""
+    return _TEMPORARY.match(name) is not None
+
+
+def temporary_target(name: str) -> str | None:
+    """The name a temporary file was to be renamed to, or None if `name` is not temporary."""
+    match = _TEMPORARY.match(name)
+    return match.group("target") if match else None
 
 
 __all__ = ["NO_RETRY", "RETRYABLE", "ReadFailure", "Retry", "atomic_local_path", "atomic_write",
-           "classify", "is_temporary", "is_url", "local_path", "read_bytes"]
+           "classify", "is_temporary", "is_url", "local_path", "read_bytes", "temporary_target"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+
+from ..storage import atomic_write
 
 EPILOG = """\
 Builds a benchmark from real photos: queries are each photo resized, JPEG'd at quality
@@ -75,8 +76,7 @@ def _eval(args: argparse.Namespace) -> int:
         views=args.views, threshold=args.threshold, seed=args.seed, deepbit_epochs=args.epochs)
     report = run_neardup(settings, log=lambda line: print(line, file=sys.stderr))
     if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(report, indent=2))
+        atomic_write(args.json_out, json.dumps(report, indent=2).encode("utf-8"))
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, MissingExtra, ModelUnavailable
+from ..storage import atomic_local_path
 from .hashing import pack_bits
 from .runtimes import file_digest
 
@@ -58,14 +59,16 @@ def save_hasher(path: str | os.PathLike, weight: np.ndarray, bias: np.ndarray, m
     bias = np.ascontiguousarray(bias, dtype=np.float32)
     _check_shapes(weight, bias)
     info = {"method": method, "dim": int(weight.shape[0]), "bits": int(weight.shape[1]), **(meta or {})}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".npz":
-        with open(path, "wb") as fh:
-            np.savez(fh, weight=weight, bias=bias, meta=np.array(json.dumps(info, sort_keys=True)))
-    elif path.suffix == ".onnx":
-        _save_onnx(path, weight, bias, info)
-    else:
+    if path.suffix not in (".npz", ".onnx"):
         raise ConfigError(f"hash file must end with .onnx or .npz, got {path.name!r}")
+    # a temporary file beside `path`, fsynced and renamed: a full disk or a kill leaves the
+    # previous hash file intact, never a truncated one
+    with atomic_local_path(path) as tmp:
+        if path.suffix == ".npz":
+            with open(tmp, "wb") as fh:
+                np.savez(fh, weight=weight, bias=bias, meta=np.array(json.dumps(info, sort_keys=True)))
+        else:
+            _save_onnx(Path(tmp), weight, bias, info)
     return path
 
 

@@ -74,6 +74,21 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
+def _write_faiss(write: Any, index: Any, path: str) -> None:
+    """Write a FAISS index through a Python file, streamed.
+
+    FAISS's own file writer reports a failed write (a full disk) only on stderr and leaves a
+    truncated file; through Python, the OSError is raised and the folder is not swapped in.
+    """
+    faiss = faiss_module()
+    with open(path, "wb") as fh:
+        writer = faiss.PyCallbackIOWriter(fh.write)
+        try:
+            write(index, writer)
+        finally:
+            del writer
+
+
 def write_index_folder(path: str | os.PathLike, parts: IndexParts) -> None:
     """Write (or replace) an index folder atomically.
 
@@ -91,9 +106,9 @@ def write_index_folder(path: str | os.PathLike, parts: IndexParts) -> None:
     tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
     os.makedirs(tmp)
     try:
-        faiss.write_index(parts.float_index, os.path.join(tmp, VECTORS_FILE))
+        _write_faiss(faiss.write_index, parts.float_index, os.path.join(tmp, VECTORS_FILE))
         if parts.binary_index is not None:
-            faiss.write_index_binary(parts.binary_index, os.path.join(tmp, CODES_FILE))
+            _write_faiss(faiss.write_index_binary, parts.binary_index, os.path.join(tmp, CODES_FILE))
         parts.meta.reset_index().to_parquet(os.path.join(tmp, IDS_FILE), index=False, compression="zstd")
         if parts.removed is not None and len(parts.removed):
             np.save(os.path.join(tmp, REMOVED_FILE), parts.removed)
@@ -105,9 +120,14 @@ def write_index_folder(path: str | os.PathLike, parts: IndexParts) -> None:
         if os.path.exists(path):
             old = os.path.join(parent, f".{os.path.basename(path)}.old-{uuid.uuid4().hex[:8]}")
             os.replace(path, old)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old:  # the new folder could not be moved in: put the previous one back
+                os.replace(old, path)
+            raise
         if old:
-            shutil.rmtree(old)
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp)

@@ -101,13 +101,15 @@ class _Writer(threading.Thread):
             job = self.jobs.get()
             if job is None:
                 return
+            if self.error is not None:  # a write failed: drain the queue, so put()/close() never block
+                continue
             shard, table = job
             start = time.perf_counter()
             try:
                 self.stats[shard.name] = self.sink.write_shard(shard, table)
             except BaseException as exc:  # surfaced by put()/close() in the main thread
                 self.error = exc
-                return
+                continue
             self.timer.add("write", time.perf_counter() - start)
 
     def put(self, shard: Shard, table: pa.Table) -> None:

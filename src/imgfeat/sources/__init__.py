@@ -105,30 +105,46 @@ def _real(path: str) -> str:
     return os.path.realpath(os.path.abspath(path))
 
 
+def _place(spec: str) -> tuple[str, str] | None:
+    """(protocol, absolute path) to compare locations by; None for chained URLs."""
+    local = local_spec(spec)
+    if local is not None:
+        return "file", _real(local)
+    protocol, _, rest = spec.partition("://")
+    if "::" in spec or not rest:
+        return None
+    return protocol, "/" + rest.strip("/")
+
+
+def _within(inner: tuple[str, str], outer: tuple[str, str]) -> bool:
+    return inner[0] == outer[0] and (inner[1] == outer[1] or inner[1].startswith(outer[1].rstrip("/") + "/"))
+
+
 def check_output_apart(source: Source, output: str) -> None:
     """Refuse an output folder that equals, contains or lies inside the source's inputs.
 
     Writing features into the photo folder would mix them with the inputs (the next run lists
-    them), and `--overwrite` there would be a step from deleting photos. Local paths only.
+    them), and `--overwrite` there would be a step from deleting photos. Local paths and URLs
+    of one protocol (s3://bucket/photos vs s3://bucket/photos/features) alike.
 
     Raises:
         ConfigError: the output overlaps the source.
     """
-    out_local = local_spec(output)
-    if out_local is None:
+    out = _place(output)
+    if out is None:
         return
-    out = _real(out_local)
     root = source.describe().get("root")
-    root_local = local_spec(root) if isinstance(root, str) else None
-    if root_local is not None:
-        real_root = _real(root_local)
-        if out == real_root or out.startswith(real_root + os.sep) or real_root.startswith(out + os.sep):
-            raise ConfigError(f"the output {output} overlaps the input folder {root}: write features "
-                              "to a folder outside the photos (e.g. beside them)")
-    outs = {out, os.path.abspath(out_local)}  # items are absolute paths; realpath per item costs a syscall
+    root_place = _place(root) if isinstance(root, str) else None
+    if root_place is not None and (_within(out, root_place) or _within(root_place, out)):
+        raise ConfigError(f"the output {output} overlaps the input folder {root}: write features "
+                          "to a folder outside the photos (e.g. beside them)")
+    # items are absolute paths or URLs; a realpath per item would cost a syscall each
+    outs = {out, (out[0], os.path.abspath(local_spec(output))) if out[0] == "file" else out}
     for item in source.list():
-        path = local_spec(item.uri)
-        if path is not None and any(path == o or path.startswith(o + os.sep) for o in outs):
+        uri = item.uri
+        local = local_spec(uri)
+        place = ("file", local) if local is not None else _place(uri) if "#" not in uri else None
+        if place is not None and any(_within(place, o) for o in outs):
             raise ConfigError(f"the output {output} holds the input {item.uri}: write features to a "
                               "folder that holds no inputs")
 
