@@ -37,13 +37,20 @@ def _known(cls: type, values: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (values or {}).items() if k in names}
 
 
-def query_config(index_config: dict[str, Any], device: str | None = None, threads: int = 0) -> PipelineConfig:
-    """The PipelineConfig that embeds queries the way the index's features were made.
+def query_config(index_config: dict[str, Any], device: str | None = None, threads: int = 0,
+                 runtime: str | None = None, precision: str | None = None) -> PipelineConfig:
+    """The PipelineConfig that embeds queries the way the index's features were made,
+    with the runtime and precision the extraction recorded (indexes from before `precision`
+    recorded "auto", which resolves here).
 
     Args:
         index_config: `FeatureIndex.config` (the PipelineConfig dict from the features' manifest).
-        device: override the extraction device ("cpu" or "cuda"); default: the extraction's.
+        device: override the extraction device ("cpu" or "cuda"); default: the extraction's
+            (another device resolves runtime and precision for it).
         threads: inference threads (0: the runtime decides).
+        runtime, precision: override the recorded ones (e.g. "fp32" to query a bf16 index
+            on a CPU without bf16; the scores then move slightly); a runtime alone sets the
+            precision to "auto".
 
     Raises:
         ConfigError: the index carries no extraction config.
@@ -54,8 +61,14 @@ def query_config(index_config: dict[str, Any], device: str | None = None, thread
     run = _known(RunConfig, index_config.get("run"))
     # one query batch at a time: one inference stream with every core (unless threads says)
     run.update(workers=0, progress=False, limit=0, overwrite=False, threads=threads, streams=1)
-    if device:
-        run["device"] = device
+    # queries compute as the index's rows did: the runtime and precision it recorded (bf16
+    # and fp32 embeddings differ by up to 1 - 0.991 in cosine), never "auto" re-resolved here
+    if device and device != run.get("device", "cpu"):
+        run.update(device=device, runtime="auto", precision="auto")  # an explicit move
+    if runtime:
+        run.update(runtime=runtime, precision="auto")  # the recorded precision may not exist there
+    if precision:
+        run["precision"] = precision
     embed = _known(EmbedConfig, index_config.get("embed"))
     hasher = embed.get("hasher", "rproj")
     if hasher != "rproj" and not os.path.exists(hasher):
