@@ -113,6 +113,10 @@ def resolve_compute(runtime: str = "auto", precision: str = "auto", device: str 
     """
     if precision not in PRECISION_CHOICES:
         raise ConfigError(f"unknown precision {precision!r}; use one of {', '.join(PRECISION_CHOICES)}")
+    if precision == "bf16" and device == "cpu" and runtime != "onnxruntime" and not openvino_has_bf16():
+        raise ConfigError("this CPU has no native bf16 (AVX-512 BF16 or AMX), or OpenVINO is not "
+                          "installed (pip install 'imgfeat[openvino]'), so nothing computes bf16 here: "
+                          "use --precision fp32, or run on such a CPU")
     if runtime == "auto" and device == "cpu" and precision in ("fp32", "bf16") and openvino_has_bf16():
         runtime = "openvino"
     concrete = resolve_runtime(runtime, device)
@@ -124,9 +128,6 @@ def resolve_compute(runtime: str = "auto", precision: str = "auto", device: str 
         return concrete, "fp32"
     if precision == "auto":
         return concrete, "bf16" if openvino_has_bf16() else "fp32"
-    if precision == "bf16" and not openvino_has_bf16():
-        raise ConfigError("this CPU has no native bf16 (AVX-512 BF16 or AMX), so OpenVINO would not "
-                          "compute in bf16 here: use --precision fp32, or run on such a CPU")
     return concrete, precision
 
 
