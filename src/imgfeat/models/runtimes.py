@@ -103,8 +103,9 @@ def resolve_compute(runtime: str = "auto", precision: str = "auto", device: str 
     detections, so mixing the two in one output is refused). "auto" is the fastest measured
     choice: OpenVINO bf16 where the CPU has native bf16; elsewhere onnxruntime fp32 (on AVX2
     as fast as OpenVINO fp32); onnxruntime's CUDA provider (fp32) on "cuda". "fp32" with
-    runtime "auto" takes OpenVINO on bf16-capable CPUs (static shapes ran 1.44-1.51x
-    onnxruntime there) and onnxruntime elsewhere.
+    runtime "auto" is onnxruntime everywhere: at one thread per stream (the local runner's
+    setting on 2 cores) OpenVINO fp32 ran 0.9-1.3x onnxruntime on the detector and 0.4-0.75x
+    on the embedder, even on a bf16 CPU (benchmarks/precision.py, docs/benchmarks.md).
 
     Raises:
         ConfigError: an unknown choice, or one this machine cannot compute (bf16 without a
@@ -117,7 +118,7 @@ def resolve_compute(runtime: str = "auto", precision: str = "auto", device: str 
         raise ConfigError("this CPU has no native bf16 (AVX-512 BF16 or AMX), or OpenVINO is not "
                           "installed (pip install 'imgfeat[openvino]'), so nothing computes bf16 here: "
                           "use --precision fp32, or run on such a CPU")
-    if runtime == "auto" and device == "cpu" and precision in ("fp32", "bf16") and openvino_has_bf16():
+    if runtime == "auto" and device == "cpu" and precision == "bf16":
         runtime = "openvino"
     concrete = resolve_runtime(runtime, device)
     if concrete == "onnxruntime":
