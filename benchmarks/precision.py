@@ -7,7 +7,7 @@ Model-only rows (tensors already in memory; the networks alone, `--threads` each
 
     detector  CenterNet-MobileNetV3 at batch 1 (imgfeat's CPU default) on the 14 sample
               photos, letterboxed into a 512 x 512 square ("sq") or aspect-kept with the long
-              side 512 and the short one padded to a multiple of 64 ("aspect");
+              side 512 and the short one padded to a multiple of 128 ("aspect");
               onnxruntime fp32 ("ort": today's baseline is ort-sq), onnxruntime with the
               symbolic dims fixed per shape ("ort-static"), OpenVINO with a dynamic batch
               axis compiled once ("ov-dyn", as imgfeat compiled before) or compiled per shape

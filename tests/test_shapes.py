@@ -16,16 +16,17 @@ ORIGINAL_SHA256 = "a4b0a5328d8b59e477e1b08b25ce44c1461fbd90713b9ebcda2f40c44af42
 needs_openvino = pytest.mark.skipif(not openvino_available(), reason="openvino not installed")
 
 
-def test_input_shape_keeps_the_aspect_in_steps_of_64():
+def test_input_shape_keeps_the_aspect_in_steps_of_128():
     assert centernet.input_shape_for(480, 640) == (384, 512)  # 4:3 landscape
     assert centernet.input_shape_for(640, 480) == (512, 384)  # portrait
     assert centernet.input_shape_for(600, 900) == (384, 512)  # 3:2: 341 rounded up
-    assert centernet.input_shape_for(1080, 1920) == (320, 512)  # 16:9: 288 rounded up
-    assert centernet.input_shape_for(100, 1000) == (64, 512)
+    assert centernet.input_shape_for(1080, 1920) == (384, 512)  # 16:9: 288 rounded up
+    assert centernet.input_shape_for(100, 1000) == (128, 512)
     assert centernet.input_shape_for(2000, 2000) == (512, 512)
     assert centernet.input_shape_for(480, 640, keep_aspect=False) == (512, 512)
+    assert centernet.input_shape_for(480, 640, step=64) == (384, 512)
     shapes = {centernet.input_shape_for(h, w) for h in range(1, 1200, 7) for w in range(1, 1200, 13)}
-    assert len(shapes) <= 15 and all(h % 32 == 0 and w % 32 == 0 for h, w in shapes)
+    assert len(shapes) == 7 and all(h % 32 == 0 and w % 32 == 0 for h, w in shapes)
 
 
 def test_bundled_detector_differs_from_the_original_only_in_symbolic_height_width():

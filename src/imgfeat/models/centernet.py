@@ -40,9 +40,11 @@ WEIGHTS_FILE = "centernet_mbv3.onnx"
 INPUT_SIZE = 512
 """The long side of the network input (the original graph's fixed 512x512 square)."""
 
-INPUT_STEP = 64
+INPUT_STEP = 128
 """Input heights/widths are multiples of this (the graph takes any multiple of 32): with a
-long side of 512, at most 15 input shapes, so each runtime compiles few."""
+long side of 512, at most 7 input shapes. OpenVINO compiles each shape once per process
+(1.0-1.5 s, or ~0.5 s from its disk cache on 2 busy cores), so fewer shapes beat a closer
+fit: a 64 step would save a sixth of the pixels on 16:9 images only (320 instead of 384)."""
 
 INPUT_NAME = "images"
 """ONNX input: float32 ``[batch, height, width, 3]``, height and width multiples of 32
@@ -102,9 +104,9 @@ def input_shape_for(height: int, width: int, size: int = INPUT_SIZE, step: int =
     that of the image scaled to it, rounded up to a multiple of `step` (padded, never cut).
     `keep_aspect=False` gives the square `size` x `size` of the original model.
 
-    Keeping the aspect ratio ran the detector 1.6x faster on onnxruntime and 3.9x on
-    OpenVINO bf16 for a 3:2 photo (512x352), keeping the square input's main object on 13 of
-    14 sample photos (docs/benchmarks.md).
+    Keeping the aspect ratio ran the detector 1.5-1.6x faster than the 512 x 512 square on the
+    sample photos with onnxruntime, and kept the square input's main object on 13 of the 14
+    (tests/test_shapes.py, benchmarks/precision.py, docs/benchmarks.md).
 
     Example:
         >>> input_shape_for(480, 640)

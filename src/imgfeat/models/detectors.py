@@ -45,7 +45,7 @@ class CenterNetDetector:
         device, threads, runtime, precision: where and how the network runs (runtimes.py).
         max_detections: detections decoded per image, at most.
         keep_aspect: feed the image with its aspect ratio kept (long side `input_size`, the
-            short side padded to a multiple of 64: `centernet.input_shape_for`); False feeds
+            short side padded to a multiple of 128: `centernet.input_shape_for`); False feeds
             the original input_size x input_size letterboxed square. A batch runs at the
             largest height and width among its images.
         input_size: the long side of the network input.

@@ -321,7 +321,7 @@ class OpenVinoModel:
         return sorted(self._compiled)
 
     def describe(self) -> str:
-        """What ran the model, for the manifest: e.g. "openvino 2025.1.0 CPU bf16"."""
+        """What ran the model, for the manifest: e.g. "openvino 2026.4.1 CPU bf16"."""
         return f"openvino {self._version} CPU {self.precision}"
 
     def _compile(self, shape: tuple[int, ...] | None):

@@ -94,8 +94,9 @@ def recorded_compute(manifest: dict[str, Any] | None) -> tuple[str, str] | None:
     described = str((manifest.get("model_digests") or {}).get("runtime") or "")
     if described.startswith("onnxruntime"):
         return "onnxruntime", "fp32"
-    if described.startswith("openvino") and described.split()[-1] in ("f32", "bf16"):
-        return "openvino", {"f32": "fp32", "bf16": "bf16"}[described.split()[-1]]
+    named = {"f32": "fp32", "fp32": "fp32", "bf16": "bf16"}.get(described.split()[-1] if described else "")
+    if described.startswith("openvino") and named:
+        return "openvino", named
     return None
 
 
