@@ -8,7 +8,7 @@ Both wrappers have the same small interface: `input_name`, `input_shape`, `outpu
 `fixed_batch`, `digest`, `precision`, `describe()` and `run(batch, output_names)`.
 `device="cuda"` always means onnxruntime's CUDA provider (`pip install 'imgfeat[gpu]'`).
 OpenVINO reads the ONNX file directly and compiles it once per input shape it is given
-(static shapes ran 1.35-1.7x faster than one dynamic-shape compile, docs/benchmarks.md),
+(in bf16, 1.2-1.6x faster than one dynamic-shape compile, docs/benchmarks.md),
 with its model cache under $IMGFEAT_HOME so the next process does not recompile.
 """
 
@@ -227,8 +227,8 @@ class OpenVinoModel:
 
     Each batch runs on a model compiled for exactly its shape: batch sizes are padded up to a
     power of two (a short last batch reuses the full batch's compile, or a smaller one), and
-    every shape's compiled model is kept. Static shapes ran 1.35-1.7x faster than one compile
-    with a dynamic batch (docs/benchmarks.md). Compiles are cached on disk under
+    every shape's compiled model is kept. In bf16, static shapes ran 1.2-1.6x faster than one
+    compile with a dynamic batch (benchmarks/precision.py, docs/benchmarks.md). Compiles are cached on disk under
     `$IMGFEAT_HOME/openvino-cache`, so later processes load instead of compiling.
 
     Args:
