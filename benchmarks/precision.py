@@ -15,7 +15,8 @@ Model-only rows (tensors already in memory; the networks alone, `--threads` each
     embedder  MobileNetV2 at batch 16 on random crops, the same runtimes
 
 Decode rows: `imgfeat.decode.decode_image` of 1-4 Mpx JPEGs (default DecodeConfig) with 1
-and 2 threads, beside the embedder's rate (the `--no-detect` path's two halves).
+and 2 threads, beside the embedder's rate (the `--no-detect` path's two halves); then
+`imgfeat.extract --no-detect` on 48 of them with 1 and 2 decode workers (model load excluded).
 
 Variants run interleaved, round after round, and the table gives medians and the ratio to
 the baseline of the same round (the CPU is shared: absolute rates drift, ratios less).
@@ -185,10 +186,36 @@ def bench_decode(rounds: int) -> dict:
     return rows
 
 
+def bench_no_detect_workers(rounds: int) -> dict:
+    """`imgfeat.extract --no-detect` on 48 large JPEGs with 1 and 2 decode workers, taking
+    turns; img/s without the model load."""
+    import shutil
+    import tempfile
+
+    import imgfeat
+
+    rows: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="imgfeat-precision-") as tmp:
+        folder = Path(tmp) / "photos"
+        folder.mkdir()
+        for i, content in enumerate(_large_jpegs(48)):
+            (folder / f"{i:03d}.jpg").write_bytes(content)
+        for _ in range(rounds):
+            for workers in (1, 2):
+                out = Path(tmp) / f"out-{workers}"
+                shutil.rmtree(out, ignore_errors=True)
+                start = time.perf_counter()
+                report = imgfeat.extract(folder, out, detector="none", workers=workers, progress=False)
+                seconds = time.perf_counter() - start - report.stage_seconds.get("load", 0.0)
+                rows.setdefault(f"no-detect e2e {workers} worker{'s' * (workers > 1)}", []).append(
+                    report.processed / seconds)
+    return rows
+
+
 def summarise(rows: dict[str, list[float]]) -> dict:
     out = {}
     base = {"detector": rows.get("detector ort-sq"), "embedder": rows.get("embedder ort"),
-            "decode": rows.get("decode 1 thread")}
+            "decode": rows.get("decode 1 thread"), "no-detect": rows.get("no-detect e2e 1 worker")}
     for label, rates in rows.items():
         reference = base[label.split()[0]]
         ratio = statistics.median(r / b for r, b in zip(rates, reference)) if reference else None
@@ -200,6 +227,7 @@ def summarise(rows: dict[str, list[float]]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip-e2e", action="store_true", help="no `extract --no-detect` rows")
     parser.add_argument("--threads", type=int, default=1,
                         help="inference threads per model (default 1: what each of the local runner's "
                              "streams gets on 2 cores)")
@@ -208,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                "openvino_bf16": openvino_has_bf16()}
     rows = bench_models(args.rounds, args.threads)
     rows.update(bench_decode(args.rounds))
+    if not args.skip_e2e:
+        rows.update(bench_no_detect_workers(args.rounds))
     result = {"machine": machine, "rounds": args.rounds, "threads": args.threads, "rows": summarise(rows),
               "command": "python benchmarks/precision.py " + " ".join(argv or sys.argv[1:])}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -116,9 +116,14 @@ DEFAULT_BATCH_SIZES = {"cpu": (1, 16), "cuda": (16, 64)}
 
 
 def default_workers() -> int:
-    """Read + decode threads: leave the inference runtime most of a small machine."""
+    """Read + decode threads: half the cores, at least two where there are two.
+
+    Decoding releases the GIL (simplejpeg, OpenCV). With the faster networks (OpenVINO bf16,
+    static shapes) one thread bounded `--no-detect` on 1-4 Mpx photos: two ran it 1.25x
+    faster on 2 cores (median of 5 interleaved runs, docs/benchmarks.md); with detection the
+    second thread was within noise."""
     cores = os.cpu_count() or 1
-    return max(1, min(cores // 2, 16))
+    return 1 if cores < 2 else max(2, min(cores // 2, 16))
 
 
 def default_streams() -> int:
