@@ -123,3 +123,14 @@ def test_cli_has_precision_flag(capsys):
     with pytest.raises(SystemExit):
         main(["extract", "--help"])
     assert "--precision" in capsys.readouterr().out
+
+
+def test_an_engine_task_on_a_cpu_without_bf16_refuses_a_bf16_run(monkeypatch):
+    # the driver resolved openvino bf16 and handed that to the tasks; an executor whose CPU
+    # lacks bf16 must fail loudly, not compute fp32 rows into a bf16 output
+    from imgfeat.stages import Features
+
+    monkeypatch.setattr(runtimes, "openvino_has_bf16", lambda: False)
+    config = PipelineConfig.from_options(detector="none", runtime="openvino", precision="bf16", workers=0)
+    with pytest.raises(ConfigError, match="no native bf16"):
+        Features(config)
