@@ -136,4 +136,4 @@ def test_aspect_kept_input_keeps_the_main_object_on_sample_photos():
             continue
         compared += 1
         same += bool(len(got)) and got[0, 5] == ref[0, 5] and _iou(got[0, :4], ref[0, :4]) >= 0.7
-    assert compared >= 10 and same >= compared - 2, (same, compared)  # 13 of 14 measured
+    assert compared >= 10 and same >= compared - 2, (same, compared)  # 12 of 14 here: 2 near-ties

@@ -105,8 +105,8 @@ def input_shape_for(height: int, width: int, size: int = INPUT_SIZE, step: int =
     `keep_aspect=False` gives the square `size` x `size` of the original model.
 
     Keeping the aspect ratio ran the detector 1.5-1.6x faster than the 512 x 512 square on the
-    sample photos with onnxruntime, and kept the square input's main object on 13 of the 14
-    (tests/test_shapes.py, benchmarks/precision.py, docs/benchmarks.md).
+    sample photos with onnxruntime, and kept the square input's main object on 12 of the 14;
+    the other two were near-ties there too (tests/test_shapes.py, docs/benchmarks.md).
 
     Example:
         >>> input_shape_for(480, 640)
