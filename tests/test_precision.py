@@ -105,7 +105,10 @@ def test_recorded_compute_reads_old_manifests():
     assert recorded_compute(old) == ("onnxruntime", "fp32")
 
 
-def test_query_config_keeps_the_recorded_precision():
+def test_query_config_keeps_the_recorded_precision(monkeypatch):
+    # on a machine that can run what the index recorded (made so here, whatever this CPU is)
+    monkeypatch.setattr(runtimes, "openvino_has_bf16", lambda: True)
+    monkeypatch.setattr(runtimes, "openvino_available", lambda: True)
     index_config = PipelineConfig.from_options(runtime="openvino", precision="bf16").to_dict()
     run = query_config(index_config).run
     assert (run.runtime, run.precision) == ("openvino", "bf16")  # never "auto" re-resolved here
@@ -134,3 +137,14 @@ def test_an_engine_task_on_a_cpu_without_bf16_refuses_a_bf16_run(monkeypatch):
     config = PipelineConfig.from_options(detector="none", runtime="openvino", precision="bf16", workers=0)
     with pytest.raises(ConfigError, match="no native bf16"):
         Features(config)
+
+
+def test_query_config_falls_back_to_fp32_where_bf16_cannot_run(monkeypatch):
+    # a bf16 index searched from a CPU without bf16: fp32 queries, said out loud
+    monkeypatch.setattr(runtimes, "openvino_has_bf16", lambda: False)
+    index_config = PipelineConfig.from_options(runtime="openvino", precision="bf16").to_dict()
+    with pytest.warns(RuntimeWarning, match="computed in bf16"):
+        run = query_config(index_config).run
+    assert (run.runtime, run.precision) == ("auto", "fp32")
+    fp32 = PipelineConfig.from_options(runtime="onnxruntime", precision="fp32").to_dict()
+    assert query_config(fp32).run.precision == "fp32"  # nothing to fall back from, no warning
