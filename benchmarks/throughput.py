@@ -48,6 +48,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
 RESULTS = ROOT / "benchmarks" / "results" / "throughput.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from precision import cpu_flags  # noqa: E402  (the CPU flags that decide the fast paths)
 SIZES = ((640, 480), (800, 800), (480, 640), (800, 600), (1024, 768), (600, 600))
 SCORE_THRESHOLD = 0.3
 
@@ -78,15 +80,26 @@ def make_photos(folder: Path, count: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-def _letterbox_batch(images: list[np.ndarray], size: int = 512) -> np.ndarray:
+def _detector_batches(images: list[np.ndarray], batch: int) -> list[np.ndarray]:
+    """The detector's inputs as imgfeat makes them: aspect kept, long side 512, a batch at
+    the largest height and width of its images (models/detectors.py)."""
+    from imgfeat.models.centernet import input_shape_for
     from imgfeat.models.preprocess import letterbox
 
-    return np.stack([letterbox(image, size)[0] for image in images]).astype(np.float32)
+    batches = []
+    for first in range(0, len(images), batch):
+        group = images[first:first + batch]
+        shapes = [input_shape_for(*image.shape[:2]) for image in group]
+        tensor = np.zeros((len(group), max(h for h, _ in shapes), max(w for _, w in shapes), 3), np.float32)
+        for image, slot in zip(group, tensor):
+            letterbox(image, 512, "linear", out=slot)
+        batches.append(tensor)
+    return batches
 
 
 # ----------------------------------------------------------------------------- rows
 
-def model_only(paths: list[Path], runtime: str, streams: int = 1) -> dict:
+def model_only(paths: list[Path], runtime: str, streams: int = 1, precision: str = "auto") -> dict:
     """The detector and embedder networks alone on tensors prepared in memory beforehand, at
     imgfeat's default batch sizes for the CPU. `streams` > 1 runs that many threads at once,
     each with imgfeat's threads per stream; 1 runs one stream with the runtime's default
@@ -100,20 +113,22 @@ def model_only(paths: list[Path], runtime: str, streams: int = 1) -> dict:
     config = PipelineConfig.from_options(streams=streams)
     threads = config.inference_threads
     det_batch, emb_batch = config.detect_batch_size, config.embed_batch_size
-    detector = create_detector("centernet-mbv3", runtime=runtime, threads=threads)
-    embedder = create_embedder("mobilenet-v2", runtime=runtime, threads=threads)
-    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths[:max(det_batch, emb_batch)]]
-    det_tensor = _letterbox_batch(images[:det_batch])
+    detector = create_detector("centernet-mbv3", runtime=runtime, threads=threads, precision=precision)
+    embedder = create_embedder("mobilenet-v2", runtime=runtime, threads=threads, precision=precision)
+    chunk = config.chunk_size
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths[:max(chunk, emb_batch)]]
+    det_tensors = _detector_batches(images[:chunk], det_batch)
     emb_tensor = to_tensor(images[:emb_batch], embedder.spec)
     names = ["keypoints", "wh"]
-    detector.model.run(det_tensor, names)  # warm-up
-    embedder.model.run(emb_tensor)
-    chunk = config.chunk_size
+    for tensor in det_tensors:  # warm-up: every input shape compiled once, as a run does
+        detector.model.run(tensor, names)
+    for size in {emb_batch, len(paths) % emb_batch or emb_batch}:
+        embedder.model.run(emb_tensor[:size])
 
     def networks(first: int) -> None:  # one pipeline batch: what one stream does at a time
         n = min(chunk, len(paths) - first)
-        for start in range(0, n, det_batch):
-            detector.model.run(det_tensor[:min(det_batch, n - start)], names)
+        for k, start in enumerate(range(0, n, det_batch)):
+            detector.model.run(det_tensors[k][:min(det_batch, n - start)], names)
         for start in range(0, n, emb_batch):
             embedder.model.run(emb_tensor[:min(emb_batch, n - start)])
 
@@ -338,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         args.images, args.rss_images = 60, 30
     cores = os.cpu_count() or 1
     results: dict = {"machine": {"cpus": cores, "cpu": platform.processor() or platform.machine(),
-                                 "python": platform.python_version(),
+                                 "python": platform.python_version(), "flags": cpu_flags(),
                                  "load_average_start": os.getloadavg()},
                      "command": " ".join([Path(sys.executable).name, *sys.argv]),
                      "images": args.images, "rows": {}}
@@ -364,9 +379,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    {rows[name]}", file=sys.stderr, flush=True)
 
         from imgfeat.config import PipelineConfig
-        from imgfeat.models.runtimes import openvino_available, resolve_runtime
+        from imgfeat.models.runtimes import openvino_available, resolve_compute
 
-        chosen = resolve_runtime("auto")  # what imgfeat.extract runs by default here
+        chosen, _ = resolve_compute("auto", "auto")  # what imgfeat.extract runs by default here
         other = {"onnxruntime": "openvino", "openvino": "onnxruntime"}[chosen]
         streams = PipelineConfig().inference_streams
         step("model-only-1-stream", lambda: model_only(photos, chosen, streams=1))
@@ -389,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         step("rss-5x", lambda: _in_subprocess("rss", rss_5x, tmp_path / "out-rss5", "", timeout=1800))
     results["machine"]["load_average_end"] = os.getloadavg()
     results["ratios"] = ratios(rows)
+    print(f"cpu flags: {' '.join(results['machine']['flags'])}")
     print(table(results))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     with open(args.output, "w") as fh:

@@ -117,7 +117,8 @@ def _named(det: np.ndarray, min_score: float) -> list[str]:
 def test_model_io(session):
     inp = session.get_inputs()[0]
     assert inp.name == centernet.INPUT_NAME
-    assert inp.shape[1:] == [512, 512, 3] and isinstance(inp.shape[0], str)
+    # batch, height and width are symbolic (any multiple of 32: scripts/centernet_symbolic_hw.py)
+    assert inp.shape[3] == 3 and all(isinstance(d, str) for d in inp.shape[:3])
     assert [o.name for o in session.get_outputs()] == list(centernet.OUTPUT_NAMES)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from .errors import ConfigError
 from .storage import Retry
 
+PRECISION_CHOICES = ("auto", "fp32", "bf16")  # as models.runtimes.PRECISION_CHOICES
 DEFAULT_MAX_PIXELS = 100_000_000  # ~ a 10k x 10k photo; larger images are refused as bombs
 
 
@@ -121,9 +122,14 @@ DEFAULT_BATCH_SIZES = {"cpu": (1, 16), "cuda": (16, 64)}
 
 
 def default_workers() -> int:
-    """Read + decode threads: leave the inference runtime most of a small machine."""
+    """Read + decode threads: half the cores, at least two where there are two.
+
+    Decoding releases the GIL (simplejpeg, OpenCV). With the faster networks (OpenVINO bf16,
+    static shapes) one thread bounded `--no-detect` on 1-4 Mpx photos: two ran it 1.25x
+    faster on 2 cores (median of 5 interleaved runs, docs/benchmarks.md); with detection the
+    second thread was within noise."""
     cores = os.cpu_count() or 1
-    return max(1, min(cores // 2, 16))
+    return 1 if cores < 2 else max(2, min(cores // 2, 16))
 
 
 def default_streams() -> int:
@@ -144,6 +150,10 @@ class RunConfig:
         device: "cpu" or "cuda".
         runtime: "auto" (OpenVINO on CPUs with native bf16, where it is ~2x faster, else
             onnxruntime; onnxruntime's CUDA provider on "cuda"), "onnxruntime" or "openvino".
+        precision: "auto" (bf16 where runtime resolves to OpenVINO on a CPU with native bf16,
+            else fp32), "fp32" or "bf16". Runtime and precision are resolved once, where the
+            run is planned (`resolved_compute`), recorded in the manifest and kept by resumed
+            runs, engine tasks and the queries of `search`/`serve`.
         threads: inference threads per stream; 0: the cores shared out among the streams
             (with one stream, the runtime's own default: every core).
         streams: batches in inference at once, each on its own thread, so one batch's
@@ -166,6 +176,7 @@ class RunConfig:
     limit: int = 0
     device: str = "cpu"
     runtime: str = "auto"
+    precision: str = "auto"
     threads: int = 0
     streams: int = 0
     overwrite: bool = False
@@ -191,6 +202,11 @@ class RunConfig:
             raise ConfigError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.runtime not in ("auto", "onnxruntime", "openvino"):
             raise ConfigError(f"runtime must be 'auto', 'onnxruntime' or 'openvino', got {self.runtime!r}")
+        if self.precision not in PRECISION_CHOICES:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
+        if self.precision == "bf16" and (self.device == "cuda" or self.runtime == "onnxruntime"):
+            raise ConfigError("bf16 runs on OpenVINO on a CPU with native bf16: use precision 'fp32' "
+                              "(or 'auto') with device 'cuda' or runtime 'onnxruntime'")
         if self.device == "cuda" and self.runtime == "openvino":
             raise ConfigError("device 'cuda' runs on onnxruntime's CUDA provider: use runtime "
                               "'auto' or 'onnxruntime' with it")
@@ -201,6 +217,23 @@ class RunConfig:
         if self.retries < 1 or self.retry_wait < 0:
             raise ConfigError(f"retries must be >= 1 (1: no retry) and retry_wait >= 0, got "
                               f"{self.retries} and {self.retry_wait}")
+
+    @property
+    def compute_resolved(self) -> bool:
+        """True once runtime and precision are concrete (no "auto" left)."""
+        return self.runtime != "auto" and self.precision != "auto"
+
+    def resolved_compute(self) -> "RunConfig":
+        """This config with runtime and precision made concrete for this machine
+        (`models.runtimes.resolve_compute`); call it once, where the run is planned.
+
+        Raises:
+            ConfigError, MissingExtra: a choice this machine cannot compute.
+        """
+        from .models.runtimes import resolve_compute
+
+        runtime, precision = resolve_compute(self.runtime, self.precision, self.device)
+        return dataclasses.replace(self, runtime=runtime, precision=precision)
 
     @property
     def retry(self) -> Retry:

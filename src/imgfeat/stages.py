@@ -121,7 +121,8 @@ class Features:
 
     def __init__(self, config: PipelineConfig):
         self.config = config
-        kwargs = {"device": config.run.device, "threads": config.inference_threads, "runtime": config.run.runtime}
+        kwargs = {"device": config.run.device, "threads": config.inference_threads,
+                  "runtime": config.run.runtime, "precision": config.run.precision}
         self.detector = (create_detector(config.detect.model, **kwargs) if config.detect.enabled else None)
         if self.detector is not None and hasattr(self.detector, "min_score"):
             self.detector.min_score = config.detect.score_threshold  # it may skip what select_main ignores

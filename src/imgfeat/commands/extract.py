@@ -85,6 +85,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="inference device")
     g.add_argument("--runtime", choices=("auto", "onnxruntime", "openvino"), default="auto",
                    help="inference runtime (default auto: OpenVINO on CPUs with native bf16, else onnxruntime)")
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="inference precision (default auto: bf16 where the runtime is OpenVINO on a CPU with "
+                        "native bf16, else fp32); resolved once and recorded: a resumed output keeps its own")
     g.add_argument("--shard-size", type=int, default=d_run.shard_size,
                    help=f"images per output file, the unit of resume (default {d_run.shard_size})")
     g.add_argument("--max-error-ratio", type=float, default=1.0,
@@ -110,6 +113,7 @@ def _extract(args: argparse.Namespace) -> int:
         score_threshold=args.score_threshold, select=args.select, margin=args.margin,
         dtype=args.dtype, whole_image=not args.no_image_vector, code_bits=args.code_bits, hasher=args.hash, batch_size=args.batch_size,
         workers=args.workers, streams=args.streams, threads=args.threads, device=args.device, runtime=args.runtime,
+        precision=args.precision,
         shard_size=args.shard_size, limit=args.limit, overwrite=args.overwrite,
         max_error_ratio=args.max_error_ratio, retries=args.retries, retry_errors=args.retry_errors,
         max_pixels=args.max_pixels, max_side=args.max_side, progress=not args.no_progress,

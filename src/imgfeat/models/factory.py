@@ -92,7 +92,8 @@ def create_embedder(name: str, **kwargs: Any) -> Embedder:
     if name.startswith(("torchvision:", "timm:")):
         from .torch_hub import TorchHubEmbedder
 
-        kwargs.pop("runtime", None)  # torch runs these; the ONNX runtime choice does not apply
+        kwargs.pop("runtime", None)  # torch runs these; the ONNX runtime choices do not apply
+        kwargs.pop("precision", None)
         return TorchHubEmbedder(name, **kwargs)
     if name not in EMBEDDERS:
         raise _unknown("embedder", name, list_embedders(include_tests=False))

@@ -91,8 +91,8 @@ def letterbox(image: np.ndarray, size: int, interpolation: str = "linear",
 
     Returns the square and the factor from square pixels back to image pixels; with the
     top-left anchor a box maps back by that one factor, no offset. `out`, a zeroed
-    size x size x 3 array of any dtype (e.g. one slot of a float32 batch), is filled
-    instead of a new uint8 square.
+    H x W x 3 array of any dtype with H, W >= the scaled image (e.g. one slot of a float32
+    batch, size x size or aspect-kept), is filled instead of a new uint8 square.
     """
     height, width = image.shape[:2]
     ratio = size / max(height, width)

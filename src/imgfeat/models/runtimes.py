@@ -1,12 +1,15 @@
 """Inference runtimes: one ONNX file, run by onnxruntime or by OpenVINO.
 
-    create_runtime(path, runtime="auto", device="cpu", threads=0) -> OnnxModel | OpenVinoModel
-    resolve_runtime("auto", "cpu") -> "openvino" on CPUs with native bf16, else "onnxruntime"
+    create_runtime(path, runtime="auto", device="cpu", threads=0, precision="auto")
+    resolve_compute("auto", "auto", "cpu") -> ("openvino", "bf16") on CPUs with native bf16
+                                             (and OpenVINO installed), else ("onnxruntime", "fp32")
 
 Both wrappers have the same small interface: `input_name`, `input_shape`, `output_names`,
-`fixed_batch`, `digest`, `describe()` and `run(batch, output_names) -> list[np.ndarray]`.
+`fixed_batch`, `digest`, `precision`, `describe()` and `run(batch, output_names)`.
 `device="cuda"` always means onnxruntime's CUDA provider (`pip install 'imgfeat[gpu]'`).
-OpenVINO reads the ONNX file directly; nothing is converted on disk.
+OpenVINO reads the ONNX file directly and compiles it once per input shape it is given
+(in bf16, 1.2-1.6x faster than one dynamic-shape compile, docs/benchmarks.md),
+with its model cache under $IMGFEAT_HOME so the next process does not recompile.
 """
 
 from __future__ import annotations
@@ -23,6 +26,15 @@ import numpy as np
 from ..errors import ConfigError, MissingExtra
 
 RUNTIME_CHOICES = ("auto", "onnxruntime", "openvino")
+PRECISION_CHOICES = ("auto", "fp32", "bf16")
+_OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16"}  # imgfeat's names -> OpenVINO's
+
+
+def imgfeat_home() -> Path:
+    """imgfeat's cache root: $IMGFEAT_HOME, default $XDG_CACHE_HOME/imgfeat (~/.cache/imgfeat)."""
+    root = os.environ.get("IMGFEAT_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "imgfeat")
+    return Path(root)
 
 
 def file_digest(path: str | os.PathLike, length: int = 16) -> str:
@@ -82,6 +94,44 @@ def resolve_runtime(runtime: str, device: str = "cpu") -> str:
     return runtime
 
 
+def resolve_compute(runtime: str = "auto", precision: str = "auto", device: str = "cpu") -> tuple[str, str]:
+    """The concrete (runtime, precision) for a `--runtime` and `--precision` choice here.
+
+    Resolved once, where a run is planned, and recorded with the output: a resumed run, an
+    engine task on another kind of CPU and the queries of `search`/`serve` then compute the
+    same way (bf16 moves embeddings to cosine 0.991-0.9996 of fp32 and flips near-tied
+    detections, so mixing the two in one output is refused). "auto" is the fastest measured
+    choice: OpenVINO bf16 where the CPU has native bf16; elsewhere onnxruntime fp32 (on AVX2
+    as fast as OpenVINO fp32); onnxruntime's CUDA provider (fp32) on "cuda". "fp32" with
+    runtime "auto" is onnxruntime everywhere: at one thread per stream (the local runner's
+    setting on 2 cores) OpenVINO fp32 ran 0.9-1.3x onnxruntime on the detector and 0.4-0.75x
+    on the embedder, even on a bf16 CPU (benchmarks/precision.py, docs/benchmarks.md).
+
+    Raises:
+        ConfigError: an unknown choice, or one this machine cannot compute (bf16 without a
+            CPU that has it natively, bf16 on onnxruntime or CUDA, openvino on "cuda").
+        MissingExtra: openvino asked for explicitly but not installed.
+    """
+    if precision not in PRECISION_CHOICES:
+        raise ConfigError(f"unknown precision {precision!r}; use one of {', '.join(PRECISION_CHOICES)}")
+    if precision == "bf16" and device == "cpu" and runtime != "onnxruntime" and not openvino_has_bf16():
+        raise ConfigError("this CPU has no native bf16 (AVX-512 BF16 or AMX), or OpenVINO is not "
+                          "installed (pip install 'imgfeat[openvino]'), so nothing computes bf16 here: "
+                          "use --precision fp32, or run on such a CPU")
+    if runtime == "auto" and device == "cpu" and precision == "bf16":
+        runtime = "openvino"
+    concrete = resolve_runtime(runtime, device)
+    if concrete == "onnxruntime":
+        if precision == "bf16":
+            raise ConfigError("bf16 runs on OpenVINO with a CPU that has native bf16 (AVX-512 BF16 or "
+                              "AMX); onnxruntime computes these models in fp32: use --precision fp32 "
+                              "(or auto), or --runtime openvino on such a CPU")
+        return concrete, "fp32"
+    if precision == "auto":
+        return concrete, "bf16" if openvino_has_bf16() else "fp32"
+    return concrete, precision
+
+
 class OnnxModel:
     """An onnxruntime session with the options imgfeat wants.
 
@@ -89,11 +139,20 @@ class OnnxModel:
         path: the .onnx file.
         device: "cpu" or "cuda" (needs onnxruntime-gpu: `pip install 'imgfeat[gpu]'`).
         threads: intra-op threads; 0 lets onnxruntime use every core.
+        precision: "fp32" (or "auto"): onnxruntime runs the file's own float32 weights.
+
+    Raises:
+        ConfigError: another precision, or an unknown device.
     """
 
     runtime = "onnxruntime"
+    precision = "fp32"
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int = 0):
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int = 0,
+                 precision: str = "fp32"):
+        if precision not in ("auto", "fp32"):
+            raise ConfigError(f"onnxruntime runs these models in fp32, not {precision!r}: use "
+                              "--runtime openvino for bf16")
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - a core dependency
@@ -164,7 +223,13 @@ class OnnxModel:
 
 
 class OpenVinoModel:
-    """An ONNX file compiled by OpenVINO for the CPU, with a dynamic batch axis.
+    """An ONNX file compiled by OpenVINO for the CPU, once per input shape it is called with.
+
+    Each batch runs on a model compiled for exactly its shape: batch sizes are padded up to a
+    power of two (a short last batch reuses the full batch's compile, or a smaller one), and
+    every shape's compiled model is kept. In bf16, static shapes ran 1.2-1.6x faster than one
+    compile with a dynamic batch (benchmarks/precision.py, docs/benchmarks.md). Compiles are cached on disk under
+    `$IMGFEAT_HOME/openvino-cache`, so later processes load instead of compiling.
 
     Args:
         path: the .onnx file (read directly, no conversion step).
@@ -175,18 +240,20 @@ class OpenVinoModel:
         hint: "LATENCY" (one stream using every thread: best for one call at a time) or
             "THROUGHPUT" (several streams, for many concurrent requests).
         streams: number of OpenVINO streams; 0 lets `threads` and the hint decide.
-        precision: inference precision hint ("f32", "bf16", "f16"); None keeps OpenVINO's
-            default for the CPU (bf16 where the CPU has AVX-512-BF16/AMX, f32 otherwise).
+        precision: "fp32" or "bf16" ("auto": bf16 where the CPU has it natively, else fp32).
+        static: compile per shape (True) or once with a dynamic batch axis (False; kept for
+            the benchmarks' comparison).
 
     Raises:
         MissingExtra: openvino is not installed (`pip install 'imgfeat[openvino]'`).
-        ConfigError: a device other than "cpu", or an unknown hint.
+        ConfigError: a device other than "cpu", an unknown hint, or a precision this CPU
+            cannot compute natively (bf16 without AVX-512 BF16/AMX).
     """
 
     runtime = "openvino"
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int = 0,
-                 hint: str = "LATENCY", streams: int = 0, precision: str | None = None):
+                 hint: str = "LATENCY", streams: int = 0, precision: str = "auto", static: bool = True):
         try:
             import openvino as ov
         except ImportError as exc:
@@ -198,33 +265,32 @@ class OpenVinoModel:
             raise ConfigError(f"OpenVINO hint must be 'LATENCY' or 'THROUGHPUT', got {hint!r}")
         self.path = Path(path)
         self.device = device
-        core = ov.Core()
-        model = core.read_model(str(self.path))
-        shapes = {}
-        for port in model.inputs:
-            shape = port.get_partial_shape()
-            if shape.rank.is_static and shape.rank.get_length() >= 1 and shape[0].is_static:
-                shape[0] = ov.Dimension()  # a dynamic batch, whatever the export fixed
-                shapes[port.get_any_name()] = shape
-        if shapes:
-            model.reshape(shapes)
-        properties: dict[str, object] = {"PERFORMANCE_HINT": hint}
+        self.precision = resolve_compute("openvino", precision, device)[1]
+        self._core = ov.Core()
+        self._model = self._core.read_model(str(self.path))
+        self._ov = ov
+        properties: dict[str, object] = {"PERFORMANCE_HINT": hint,
+                                         "INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[self.precision]}
         if threads:
             streams = streams or max(1, (os.cpu_count() or 1) // threads)
             properties["INFERENCE_NUM_THREADS"] = int(threads) * streams
         if streams:
             properties["NUM_STREAMS"] = int(streams)
-        if precision:
-            properties["INFERENCE_PRECISION_HINT"] = precision
-        self.compiled = core.compile_model(model, "CPU", properties)
+        cache = _writable_dir(imgfeat_home() / "openvino-cache")
+        if cache is not None:
+            properties["CACHE_DIR"] = str(cache)
+        self._properties = properties
+        self.static = static
+        self._compiled: dict[tuple[int, ...], object] = {}
+        self._lock = threading.Lock()
         self._requests = threading.local()  # an infer request serves one call at a time
-        self._input_names = [p.get_any_name() for p in self.compiled.inputs]
-        self._outputs = {p.get_any_name(): p for p in self.compiled.outputs}
-        self._input_shape = [d.get_length() if d.is_static else None
-                             for d in self.compiled.inputs[0].get_partial_shape()]
-        self._output_shape = [d.get_length() if d.is_static else None
-                              for d in self.compiled.outputs[0].get_partial_shape()]
-        self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        self._input_names = [p.get_any_name() for p in self._model.inputs]
+        self._output_names = [p.get_any_name() for p in self._model.outputs]
+        self._input_shape = _static_dims(self._model.inputs[0].get_partial_shape())
+        self._output_shape = _static_dims(self._model.outputs[0].get_partial_shape())
+        self._input_shape[0] = self._output_shape[0] = None  # any batch size
+        if not static:
+            self._dynamic = self._compile(None)
         self.digest = file_digest(self.path)
         self._version = ov.get_version().split("-")[0]
 
@@ -238,7 +304,7 @@ class OpenVinoModel:
 
     @property
     def output_names(self) -> list[str]:
-        return list(self._outputs)
+        return list(self._output_names)
 
     @property
     def output_shape(self) -> list:
@@ -247,21 +313,89 @@ class OpenVinoModel:
 
     @property
     def fixed_batch(self) -> int | None:
-        return None  # reshaped to a dynamic batch in __init__
+        return None  # any batch size is taken (padded to a compiled one)
+
+    @property
+    def compiled_shapes(self) -> list[tuple[int, ...]]:
+        """The input shapes compiled so far (static mode)."""
+        return sorted(self._compiled)
 
     def describe(self) -> str:
-        """What ran the model, for the manifest: e.g. "openvino 2025.1.0 CPU f32"."""
+        """What ran the model, for the manifest: e.g. "openvino 2026.4.1 CPU bf16"."""
         return f"openvino {self._version} CPU {self.precision}"
+
+    def _compile(self, shape: tuple[int, ...] | None):
+        """Compile for one input shape (None: a dynamic batch axis), checking the precision."""
+        model = self._model.clone()
+        name = self.input_name
+        if shape is None:
+            partial = model.inputs[0].get_partial_shape()
+            partial[0] = self._ov.Dimension()
+            model.reshape({name: partial})
+        else:
+            model.reshape({name: self._ov.PartialShape(list(shape))})
+        compiled = self._core.compile_model(model, "CPU", self._properties)
+        got = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        if got != _OPENVINO_PRECISION[self.precision]:
+            raise ConfigError(f"OpenVINO compiled {self.path.name} in {got}, not {self.precision}: this "
+                              "CPU cannot compute that precision natively; use --precision fp32")
+        return compiled
+
+    def _compiled_for(self, shape: tuple[int, ...]):
+        compiled = self._compiled.get(shape)
+        if compiled is None:
+            with self._lock:  # two threads asking for one new shape compile it once
+                compiled = self._compiled.get(shape)
+                if compiled is None:
+                    compiled = self._compiled[shape] = self._compile(shape)
+        return compiled
+
+    def _request(self, key: object, compiled) -> object:
+        requests = getattr(self._requests, "by_shape", None)
+        if requests is None:
+            requests = self._requests.by_shape = {}
+        request = requests.get(key)
+        if request is None:
+            request = requests[key] = compiled.create_infer_request()
+        return request
 
     def run(self, batch: np.ndarray, output_names: list[str] | None = None) -> list[np.ndarray]:
         """Run one batch (any size); outputs are copies, safe to keep across calls. Safe to
-        call from several threads: each thread has its own infer request."""
-        request = getattr(self._requests, "request", None)
-        if request is None:
-            request = self._requests.request = self.compiled.create_infer_request()
-        results = request.infer({self.input_name: np.ascontiguousarray(batch)})
+        call from several threads: each thread has its own infer request per shape."""
         names = output_names or self.output_names
-        return [np.array(results[self._outputs[name]], copy=True) for name in names]
+        count = batch.shape[0]
+        if self.static:
+            padded = padded_batch_size(count)
+            if padded > count:
+                batch = np.concatenate([batch, np.zeros((padded - count, *batch.shape[1:]), batch.dtype)])
+            shape = tuple(batch.shape)
+            compiled = self._compiled_for(shape)
+        else:
+            shape, compiled = None, self._dynamic
+        request = self._request(shape, compiled)
+        results = request.infer({self.input_name: np.ascontiguousarray(batch)})
+        ports = {p.get_any_name(): p for p in compiled.outputs}
+        return [np.array(results[ports[name]][:count], copy=True) for name in names]
+
+
+def padded_batch_size(count: int) -> int:
+    """The batch size a batch of `count` runs at with static shapes: the next power of two, so
+    a model compiles at most log2(batch size) + 1 batch sizes and a short last batch wastes
+    less than half of one batch."""
+    return 1 << max(0, int(count) - 1).bit_length()
+
+
+def _static_dims(shape) -> list:
+    return [d.get_length() if d.is_static else None for d in shape]
+
+
+def _writable_dir(path: Path) -> Path | None:
+    """`path`, created if needed; None when it cannot be (the cache is then skipped)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return path if os.access(path, os.W_OK) else None
 
 
 RUNTIMES: dict[str, Callable[..., OnnxModel | OpenVinoModel]] = {
@@ -271,10 +405,12 @@ RUNTIMES: dict[str, Callable[..., OnnxModel | OpenVinoModel]] = {
 
 
 def create_runtime(path: str | os.PathLike, runtime: str = "auto", device: str = "cpu",
-                   threads: int = 0) -> OnnxModel | OpenVinoModel:
-    """Load an ONNX file with the chosen runtime ("auto", "onnxruntime", "openvino").
+                   threads: int = 0, precision: str = "auto") -> OnnxModel | OpenVinoModel:
+    """Load an ONNX file with the chosen runtime ("auto", "onnxruntime", "openvino") and
+    precision ("auto", "fp32", "bf16"); a run passes the concrete pair it recorded.
 
     Raises:
-        ConfigError, MissingExtra: see `resolve_runtime`.
+        ConfigError, MissingExtra: see `resolve_compute`.
     """
-    return RUNTIMES[resolve_runtime(runtime, device)](path, device=device, threads=threads)
+    concrete, precision = resolve_compute(runtime, precision, device)
+    return RUNTIMES[concrete](path, device=device, threads=threads, precision=precision)

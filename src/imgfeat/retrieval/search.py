@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from collections import OrderedDict
 from typing import Any, Sequence
 
@@ -38,13 +39,20 @@ def _known(cls: type, values: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (values or {}).items() if k in names}
 
 
-def query_config(index_config: dict[str, Any], device: str | None = None, threads: int = 0) -> PipelineConfig:
-    """The PipelineConfig that embeds queries the way the index's features were made.
+def query_config(index_config: dict[str, Any], device: str | None = None, threads: int = 0,
+                 runtime: str | None = None, precision: str | None = None) -> PipelineConfig:
+    """The PipelineConfig that embeds queries the way the index's features were made,
+    with the runtime and precision the extraction recorded (indexes from before `precision`
+    recorded "auto", which resolves here).
 
     Args:
         index_config: `FeatureIndex.config` (the PipelineConfig dict from the features' manifest).
-        device: override the extraction device ("cpu" or "cuda"); default: the extraction's.
+        device: override the extraction device ("cpu" or "cuda"); default: the extraction's
+            (another device resolves runtime and precision for it).
         threads: inference threads (0: the runtime decides).
+        runtime, precision: override the recorded ones; a runtime alone sets the precision
+            to "auto". Without overrides, a recorded OpenVINO this machine cannot run falls
+            back to fp32 (a bf16 index on a CPU without bf16: with a RuntimeWarning).
 
     Raises:
         ConfigError: the index carries no extraction config.
@@ -55,8 +63,16 @@ def query_config(index_config: dict[str, Any], device: str | None = None, thread
     run = _known(RunConfig, index_config.get("run"))
     # one query batch at a time: one inference stream with every core (unless threads says)
     run.update(workers=0, progress=False, limit=0, overwrite=False, threads=threads, streams=1)
-    if device:
-        run["device"] = device
+    # queries compute as the index's rows did: the runtime and precision it recorded (bf16
+    # and fp32 embeddings differ by up to 1 - 0.991 in cosine), never "auto" re-resolved here
+    if device and device != run.get("device", "cpu"):
+        run.update(device=device, runtime="auto", precision="auto")  # an explicit move
+    if runtime:
+        run.update(runtime=runtime, precision="auto")  # the recorded precision may not exist there
+    if precision:
+        run["precision"] = precision
+    if not (runtime or precision or device):
+        _fall_back_where_unavailable(run)
     embed = _known(EmbedConfig, index_config.get("embed"))
     hasher = embed.get("hasher", "rproj")
     if hasher != "rproj" and not os.path.exists(hasher):
@@ -69,6 +85,23 @@ def query_config(index_config: dict[str, Any], device: str | None = None, thread
         embed=EmbedConfig(**embed),
         run=RunConfig(**run),
     )
+
+
+def _fall_back_where_unavailable(run: dict[str, Any]) -> None:
+    """Recorded OpenVINO where it cannot run here: fp32 moves to onnxruntime (the same
+    arithmetic, cosine >= 0.9999), bf16 on a CPU without it to fp32 with a warning (query
+    embeddings then differ from the rows' by up to ~0.01 in cosine)."""
+    from ..models.runtimes import openvino_available, openvino_has_bf16
+
+    if run.get("runtime") != "openvino" or run.get("device", "cpu") != "cpu":
+        return
+    if run.get("precision") == "bf16" and not openvino_has_bf16():
+        warnings.warn("this index was computed in bf16, which this machine cannot compute (no native "
+                      "bf16 or no OpenVINO): queries are embedded in fp32, so their similarities move "
+                      "by up to ~0.01", RuntimeWarning, stacklevel=3)
+        run.update(runtime="auto", precision="fp32")
+    elif not openvino_available():
+        run.update(runtime="onnxruntime", precision="fp32")
 
 
 _QUERY_FEATURES: "OrderedDict[str, Features]" = OrderedDict()

@@ -1,5 +1,7 @@
 """What every runner shares: planning a run, its report, and finishing it.
 
+    compute_for_output()  driver: runtime + precision made concrete once, or taken from
+                   the output being resumed (a run never mixes bf16 and fp32 rows)
     plan_run()     driver: list the Source, check the output (before any model loads), load
                    the models, write the manifest, find the shards to do (resume) and the rows
                    to recompute (--retry-errors)
@@ -14,6 +16,7 @@ RunReport` registered in `runners.RUNNERS`; between plan_run and finish_run it r
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -23,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 from .._version import __version__
 from ..config import PipelineConfig
-from ..errors import TooManyErrors
+from ..errors import ConfigError, OutputError, TooManyErrors
 from ..sinks import ParquetSink, Shard
 from ..sources import Item, Source
 from ..stages import Features
@@ -77,6 +80,54 @@ def config_fingerprint(config: PipelineConfig) -> str:
     """What must match for a resumed run to continue an output: everything that shapes rows."""
     relevant = {k: v for k, v in config.to_dict().items() if k != "run"}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def recorded_compute(manifest: dict[str, Any] | None) -> tuple[str, str] | None:
+    """The (runtime, precision) an output (or an index) was computed with, from its manifest;
+    None when it does not say (manifests from before `precision` name only what ran the
+    embedder, e.g. "openvino 2025.1.0 CPU bf16", which is read instead)."""
+    manifest = manifest or {}
+    run = (manifest.get("config") or {}).get("run") or {}
+    runtime, precision = run.get("runtime"), run.get("precision")
+    if runtime in ("onnxruntime", "openvino") and precision in ("fp32", "bf16"):
+        return runtime, precision
+    described = str((manifest.get("model_digests") or {}).get("runtime") or "")
+    if described.startswith("onnxruntime"):
+        return "onnxruntime", "fp32"
+    named = {"f32": "fp32", "fp32": "fp32", "bf16": "bf16"}.get(described.split()[-1] if described else "")
+    if described.startswith("openvino") and named:
+        return "openvino", named
+    return None
+
+
+def compute_for_output(config: PipelineConfig, output: str) -> PipelineConfig:
+    """`config` with a concrete runtime and precision: those recorded by the output being
+    resumed, else "auto" resolved for this machine. Runners call it once, on the driver,
+    and hand the result to every task, so executors on another kind of CPU compute the same.
+
+    Raises:
+        OutputError: the output was computed with another runtime or precision than the one
+            asked for, or with one this machine cannot compute (bf16 on a CPU without it).
+        ConfigError, MissingExtra: a choice this machine cannot compute.
+    """
+    recorded = None if config.run.overwrite else recorded_compute(ParquetSink(output).read_manifest())
+    if recorded is None:
+        return dataclasses.replace(config, run=config.run.resolved_compute())
+    runtime, precision = recorded
+    asked = (config.run.runtime, config.run.precision)
+    if asked[0] not in ("auto", runtime) or asked[1] not in ("auto", precision):
+        raise OutputError(f"{output} was computed with {runtime} {precision}, but this run asks for "
+                          f"runtime {asked[0]} precision {asked[1]}: one output must not mix them (bf16 "
+                          f"moves embeddings and near-tied detections). Resume with --runtime {runtime} "
+                          f"--precision {precision} (or auto), or use another output folder or --overwrite")
+    run = dataclasses.replace(config.run, runtime=runtime, precision=precision)
+    try:
+        run = run.resolved_compute()
+    except ConfigError as exc:
+        raise OutputError(f"{output} was computed with {runtime} {precision}, which this machine cannot "
+                          f"compute ({exc}); resume it where it can, or use another output folder or "
+                          "--overwrite") from exc
+    return dataclasses.replace(config, run=run)
 
 
 def manifest_settings(config: PipelineConfig, source: Source, features: Features) -> dict[str, Any]:
@@ -145,6 +196,9 @@ def plan_run(source: Source, output: str, config: PipelineConfig, load_features:
     Raises:
         OutputError: `output` cannot be written, or holds something this run must not touch.
     """
+    if not config.run.compute_resolved:
+        raise ConfigError("plan_run needs a concrete runtime and precision: the runner calls "
+                          "compute_for_output(config, output) first and hands its result to the tasks")
     started = time.perf_counter()
     items = source.list()
     if config.run.limit:

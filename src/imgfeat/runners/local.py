@@ -28,7 +28,7 @@ from ..errors import ConfigError, TooManyErrors
 from ..sinks import ParquetSink, Shard
 from ..sources import Item, Source
 from ..stages import Features, ImageBatch, ReadDecode, StageTimer
-from .base import Plan, Progress, RunReport, finish_run, plan_run
+from .base import Plan, Progress, RunReport, compute_for_output, finish_run, plan_run
 from .tasks import ShardTask
 
 
@@ -176,6 +176,7 @@ def run_local(source: Source, output: str, config: PipelineConfig, on_progress: 
     """
     if engine_options:
         raise ConfigError(f"the local engine takes no engine options, got {sorted(engine_options)}")
+    config = compute_for_output(config, output)  # once, here: every task computes the same way
     plan = plan_run(source, output, config, lambda: Features(config), on_progress)
     writer = _Writer(plan.sink, plan.features.timer)
     writer.start()

@@ -27,7 +27,7 @@ from ..config import PipelineConfig
 from ..errors import ConfigError, MissingExtra, TooManyErrors
 from ..sinks import Shard
 from ..sources import Source
-from .base import Progress, RunReport, finish_run, plan_run
+from .base import Progress, RunReport, compute_for_output, finish_run, plan_run
 from .tasks import FAULT_ENV, SUMMARY_SCHEMA, ShardTask, cached_pipeline, summaries_stats, with_threads
 
 
@@ -148,6 +148,7 @@ def run_ray(source: Source, output: str, config: PipelineConfig, on_progress: Pr
     import ray
 
     check_address(address or os.environ.get("RAY_ADDRESS") or None)
+    config = compute_for_output(config, output)  # once, here: every task computes the same way
     plan = plan_run(source, output, config, lambda: cached_pipeline(config).features, on_progress)
     if not plan.todo and not plan.retry:
         return finish_run(plan, {}, "ray", stage_seconds={})

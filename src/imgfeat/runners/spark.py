@@ -33,7 +33,7 @@ from ..config import PipelineConfig
 from ..errors import ConfigError, TooManyErrors
 from ..sinks import Shard
 from ..sources import Item, Source
-from .base import ErrorBudget, Progress, RunReport, finish_run, plan_run
+from .base import ErrorBudget, Progress, RunReport, compute_for_output, finish_run, plan_run
 from .tasks import FAULT_ENV, SUMMARY_SCHEMA, ShardTask, cached_pipeline, summaries_stats, with_threads
 
 ITEM_SCHEMA = "shard long, seq long, id string, uri string, ref binary, patch boolean"
@@ -172,6 +172,7 @@ def run_spark(source: Source, output: str, config: PipelineConfig, on_progress: 
     if engine_options:
         raise ConfigError(f"the spark engine takes master=, got {sorted(engine_options)}")
     check_master(master)
+    config = compute_for_output(config, output)  # once, here: every task computes the same way
     plan = plan_run(source, output, config, lambda: cached_pipeline(config).features, on_progress)
     if not plan.todo and not plan.retry:
         return finish_run(plan, {}, "spark", stage_seconds={})
