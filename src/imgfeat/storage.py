@@ -199,6 +199,12 @@ def classify(exc: BaseException) -> ReadFailure:
     """
     if isinstance(exc, ReadFailure):
         return exc
+    cause = exc.__cause__
+    if isinstance(exc, FileNotFoundError) and cause is not None and cause is not exc:
+        # fsspec's HTTP client turns a failed connection into FileNotFoundError(url) from it
+        underlying = classify(cause)
+        if underlying.kind in RETRYABLE:
+            return underlying
     names = " ".join(cls.__name__ for cls in type(exc).__mro__)
     status = getattr(exc, "status", None) or getattr(exc, "code", None)
     detail = f"{type(exc).__name__}: {exc}"
