@@ -68,3 +68,19 @@ def test_missing_class_names_file_is_a_config_error(tmp_path):
     model = _detector(tmp_path / "det.onnx", np.zeros((1, 3, 6), np.float32))
     with pytest.raises(ConfigError, match="class-names file"):
         create_detector(f"onnx:{model},labels={tmp_path / 'nope.txt'}", runtime="onnxruntime")
+
+
+def test_resume_with_another_file_of_the_same_name_is_refused(tmp_path, blob_folder):
+    """Same model name (onnx:det.onnx), other weights: rows would not match, so no resume."""
+    from imgfeat.errors import OutputError
+    import imgfeat
+
+    dets = np.array([[[4, 4, 40, 40, 0.9, 2]]], np.float32)
+    model = _detector(tmp_path / "det.onnx", dets)
+    options = {"detector": f"onnx:{model}", "embedder": "test-tiny", "runtime": "onnxruntime",
+               "workers": 0, "progress": False, "shard_size": 3}
+    imgfeat.extract(blob_folder, tmp_path / "out", **options)
+    _detector(tmp_path / "det.onnx", dets * 0.5)  # new weights under the old name
+    with pytest.raises(OutputError, match="another detector file"):
+        imgfeat.extract(blob_folder, tmp_path / "out", **options)
+    assert imgfeat.extract(blob_folder, tmp_path / "out", overwrite=True, **options).ok == 7

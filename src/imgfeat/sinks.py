@@ -177,6 +177,12 @@ class ParquetSink:
         if existing and existing.get("models") != settings.get("models"):
             raise OutputError(f"{self.output} was made with models {existing.get('models')} but this run "
                               f"uses {settings.get('models')}: use another output folder, or --overwrite")
+        for role in ("detector", "embedder"):  # same names, other weights (e.g. an upgraded model file)
+            before = (existing.get("model_digests") or {}).get(role) if existing else None
+            now = (settings.get("model_digests") or {}).get(role)
+            if before and now and before != now:
+                raise OutputError(f"{self.output} was made with another {role} file (digest {before}, this run "
+                                  f"{now}): its rows would not match; use another output folder, or --overwrite")
         manifest = {
             "format_version": FORMAT_VERSION, **self._planned, "num_shards": len(shards), **settings,
             "created": existing.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
