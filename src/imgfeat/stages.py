@@ -123,9 +123,9 @@ class Features:
         self.config = config
         kwargs = {"device": config.run.device, "threads": config.inference_threads,
                   "runtime": config.run.runtime, "precision": config.run.precision}
-        self.detector = (create_detector(config.detect.model, **kwargs) if config.detect.enabled else None)
-        if self.detector is not None and hasattr(self.detector, "min_score"):
-            self.detector.min_score = config.detect.score_threshold  # it may skip what select_main ignores
+        # min_score: the detector may skip what select_main would ignore
+        self.detector = (create_detector(config.detect.model, min_score=config.detect.score_threshold, **kwargs)
+                         if config.detect.enabled else None)
         self.embedder = create_embedder(config.embed.model, **kwargs)
         self.hasher = create_hasher(config.embed.hasher, self.embedder.dim, config.embed.code_bits,
                                     config.embed.seed)

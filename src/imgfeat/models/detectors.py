@@ -3,9 +3,8 @@
 Boxes come back in the pixels of the image that was passed in; the caller scales them to
 the original resolution. Every detector has `name`, `labels` (class index -> name),
 `digest` (fingerprint of its weights) and `__call__(images) -> list[np.ndarray (n, 6)]`.
-A detector may also have a `min_score` attribute: the pipeline sets it to its score
-threshold, and the detector may then leave out lower scores (CenterNet's decoding is
-5x cheaper that way). ONNX-backed ones also take `runtime` ("auto", "onnxruntime", "openvino", see runtimes.py)
+Factories take `min_score` (the pipeline's score threshold): a detector may leave out lower
+scores (CenterNet's decoding is 5x cheaper that way). ONNX-backed ones also take `runtime` ("auto", "onnxruntime", "openvino", see runtimes.py)
 and say in `.runtime` what ran them.
 """
 
@@ -50,13 +49,15 @@ class CenterNetDetector:
             the original input_size x input_size letterboxed square. A batch runs at the
             largest height and width among its images.
         input_size: the long side of the network input.
+        min_score: detections below it are left out (decoding is 5x cheaper that way); the
+            pipeline passes its score threshold.
     """
 
     name = "centernet-mbv3"
 
     def __init__(self, device: str = "cpu", threads: int = 0, max_detections: int = 100,
                  runtime: str = "auto", precision: str = "auto", keep_aspect: bool = True,
-                 input_size: int = 512):
+                 input_size: int = 512, min_score: float = 0.0):
         from . import centernet
 
         self._centernet = centernet
@@ -81,7 +82,7 @@ class CenterNetDetector:
         self.spec = InputSpec(size=(size, size), layout="NHWC", scale=1.0, mean=None, std=None,
                               interpolation="linear")
         self.max_detections = max_detections
-        self.min_score = 0.0  # detections below it are not returned (the pipeline sets it)
+        self.min_score = min_score  # detections below it are not decoded (the pipeline's threshold)
 
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
         if not images:
@@ -126,7 +127,8 @@ class OnnxDetector:
     """
 
     def __init__(self, path: str, device: str = "cpu", threads: int = 0, labels: Sequence[str] | str = (),
-                 scale: float = 1.0, mean=None, std=None, runtime: str = "auto", precision: str = "auto"):
+                 scale: float = 1.0, mean=None, std=None, runtime: str = "auto", precision: str = "auto",
+                 min_score: float = 0.0):
         if not Path(path).exists():
             raise ModelUnavailable(f"detector model not found: {path}")
         self.model = create_runtime(path, runtime=runtime, device=device, threads=threads,
@@ -140,6 +142,7 @@ class OnnxDetector:
         size = tuple(int(s) if isinstance(s, int) and s > 0 else 512 for s in hw)
         self.spec = InputSpec(size=size, layout="NHWC" if nhwc else "NCHW", scale=scale, mean=mean, std=std)
         self.labels = read_labels(labels) if isinstance(labels, str) else tuple(labels)
+        self.min_score = min_score
 
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
         if not images:
@@ -153,7 +156,7 @@ class OnnxDetector:
                 "class of your own (imgfeat.models.register_detector)")
         results = []
         for dets, img in zip(detections, images):
-            dets = dets[dets[:, 4] > 0]
+            dets = dets[(dets[:, 4] > 0) & (dets[:, 4] >= self.min_score)]
             dets = dets[np.argsort(-dets[:, 4], kind="stable")]
             results.append(_scale_boxes(dets, img, self.spec.size))
         return results

@@ -1,11 +1,11 @@
 """Name -> model factory, timm-style: the tables and the decorators that fill them.
 
     @register_detector("my-detector", description="...", input_size="512x512", licence="MIT")
-    def _make(device="cpu", threads=0, runtime="auto"): return MyDetector(...)
+    def _make(device="cpu", threads=0, runtime="auto", precision="auto", min_score=0.0): return MyDetector(...)
 
 This module imports no model: modules that define models import it to register them, and
 `models/factory.py` imports those modules and builds models by name. A factory takes the
-keyword arguments `device`, `threads` and `runtime` (and `min_score` for detectors) and
+keyword arguments `device`, `threads`, `runtime`, `precision` (and `min_score` for detectors) and
 returns an object that satisfies `models.protocols.Detector` or `Embedder`.
 """
 
