@@ -245,3 +245,12 @@ def test_whole_image_vector_beside_the_object_vector(blob_folder, tmp_path):
     none = imgfeat.extract(blob_folder, tmp_path / "none", whole_image=False, **FAST_MODELS)
     assert none.ok == 7
     assert "image_embedding" not in pq.read_schema(next((tmp_path / "none").glob("part-*.parquet"))).names
+
+
+def test_cli_extract_shows_a_progress_bar_by_default(blob_folder, tmp_path, capsys):
+    from imgfeat.cli import main
+
+    assert main(["extract", str(blob_folder), "-o", str(tmp_path / "out"), "--detector", "test-blob",
+                 "--embedder", "test-tiny", "--workers", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "extract" in err and "7/7" in err  # tqdm's bar on stderr, done

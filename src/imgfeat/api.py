@@ -64,7 +64,7 @@ def extract(source: str | os.PathLike | Source, output: str | os.PathLike, *,
         from .progress import ProgressBar
 
         bar = ProgressBar("extract", unit="img")
-        on_progress = bar.update
+        on_progress = bar
     try:
         return runner(source, os.fspath(output), config, on_progress=on_progress, **(engine_options or {}))
     finally:
