@@ -25,8 +25,7 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..finetune.config import MODES, SUPERVISED_LOSSES, FinetuneConfig
-    from ..finetune.model import BACKBONES
+    from ..finetune.config import BACKBONE_NAMES, MODES, SUPERVISED_LOSSES, FinetuneConfig
 
     d = FinetuneConfig(source="", output="")
     p = sub.add_parser("finetune", help="fine-tune the embedder on your images (self-supervised or labelled)",
@@ -35,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("source", help="images: folder, glob, list (.txt/.csv), Parquet, or fsspec URL")
     p.add_argument("-o", "--output", required=True, help="folder for checkpoints, embedder.onnx, model card")
     p.add_argument("--mode", choices=MODES, default=d.mode, help=f"training objective (default {d.mode})")
-    p.add_argument("--backbone", choices=sorted(BACKBONES), default=d.backbone,
+    p.add_argument("--backbone", choices=BACKBONE_NAMES, default=d.backbone,
                    help=f"pretrained network (default {d.backbone})")
     p.add_argument("--cut-at", help="last backbone layer kept, e.g. features.14 (default: all)")
     p.add_argument("--freeze-to", help="last backbone layer left frozen, e.g. features.10 (default: none)")
@@ -57,6 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=int, help="model input side in pixels (default: the backbone's)")
     p.add_argument("--workers", type=int, default=d.workers,
                    help="data-parallel training processes (DistributedDataParallel; default 1)")
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help="torch threads per training process (default 0: cores / workers)")
     p.add_argument("--loader-workers", type=int, default=d.loader_workers,
                    help=f"decode/augment processes per training process (default {d.loader_workers})")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
@@ -77,7 +78,7 @@ def _finetune(args: argparse.Namespace) -> int:
         freeze_to=args.freeze_to, head_dim=args.head_dim, loss=args.loss, label_column=args.label_column,
         id_column=args.id_column, path_column=args.path_column, content_column=args.content_column,
         include=args.include, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        temperature=args.temperature, input_size=args.input_size, workers=args.workers,
+        temperature=args.temperature, input_size=args.input_size, workers=args.workers, threads=args.threads,
         loader_workers=args.loader_workers, checkpoint_every=args.checkpoint_every, holdout=args.holdout,
         seed=args.seed, progress=not args.no_progress, log=print)
     if args.json_out:

@@ -19,6 +19,7 @@ import platform
 from pathlib import Path
 from typing import Any, Callable
 
+from ..errors import MissingExtra
 from ..storage import atomic_write
 from .config import FinetuneConfig
 
@@ -47,6 +48,11 @@ def finetune(source: str | os.PathLike, output: str | os.PathLike, *, config: Fi
     """
     from dataclasses import replace
 
+    try:
+        import onnx  # noqa: F401  (the export)
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise MissingExtra(exc.name or "torch", extra="finetune", purpose="fine-tuning") from exc
     from ..models.runtimes import file_digest
     from .data import open_training_data, read_images
     from .evaluation import before_after, torch_encoder
@@ -66,7 +72,6 @@ def finetune(source: str | os.PathLike, output: str | os.PathLike, *, config: Fi
         f"worker(s): {training.images_per_second} images/s, final loss "
         f"{training.losses[-1] if training.losses else float('nan'):.4f}")
 
-    import torch
 
     spec = input_spec(config.backbone, config.input_size)
     tuned = load_trained(config)

@@ -150,14 +150,17 @@ def _spawned_worker(rank: int, config: FinetuneConfig, data: TrainingData, port:
 
 def _run_worker(rank: int, config: FinetuneConfig, data: TrainingData, port: int | None) -> TrainLog:
     world = config.workers
+    threads = config.threads or max(1, (os.cpu_count() or 1) // world)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
     if world > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         torch.distributed.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}",
                                              rank=rank, world_size=world)
     try:
         return _loop(rank, world, config, data)
     finally:
+        torch.set_num_threads(previous)
         if world > 1:
             torch.distributed.destroy_process_group()
 
