@@ -50,7 +50,7 @@ def finetune(source: str | os.PathLike, output: str | os.PathLike, *, config: Fi
 
     try:
         import onnx  # noqa: F401  (the export)
-        import torch  # noqa: F401
+        import torch
     except ImportError as exc:
         raise MissingExtra(exc.name or "torch", extra="finetune", purpose="fine-tuning") from exc
     from ..models.runtimes import file_digest
@@ -71,7 +71,6 @@ def finetune(source: str | os.PathLike, output: str | os.PathLike, *, config: Fi
     log(f"trained {training.steps} steps (resumed from {training.resumed_from}) on {training.workers} "
         f"worker(s): {training.images_per_second} images/s, final loss "
         f"{training.losses[-1] if training.losses else float('nan'):.4f}")
-
 
     spec = input_spec(config.backbone, config.input_size)
     tuned = load_trained(config)
