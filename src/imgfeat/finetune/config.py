@@ -6,7 +6,7 @@ stored in each checkpoint, so a resumed run can check it is continuing the same 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import ConfigError
@@ -85,7 +85,6 @@ class FinetuneConfig:
     seed: int = 0
     max_side: int = 512
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONE_NAMES:

@@ -36,12 +36,12 @@ def export_embedder(net: FinetuneNet, spec: InputSpec, path: str | os.PathLike, 
         opset: ONNX opset (TorchScript exporter: fast, and enough for a CNN).
 
     Raises:
-        MissingExtra: the onnx package is not installed (`pip install 'imgfeat[torch]'`).
+        MissingExtra: the onnx package is not installed (`pip install 'imgfeat[finetune]'`).
     """
     try:
         import onnx
     except ImportError as exc:
-        raise MissingExtra("onnx", extra="torch", purpose="exporting the fine-tuned embedder") from exc
+        raise MissingExtra("onnx", extra="finetune", purpose="exporting the fine-tuned embedder") from exc
     net = net.eval()
     example = torch.zeros(2, 3, *spec.size)  # batch 2: no specialisation on a batch of 1
     buffer = io.BytesIO()

@@ -97,7 +97,7 @@ def finetune(source: str | os.PathLike, output: str | os.PathLike, *, config: Fi
         "model": {"backbone": config.backbone, "cut_at": config.cut_at, "freeze_to": config.freeze_to,
                   "embedding_dim": tuned.dim, "preprocess": json.loads(_spec_json(spec))},
         "data": data.description,
-        "settings": {k: v for k, v in config.to_dict().items() if k not in ("extra",)},
+        "settings": config.to_dict(),
         "training": {"steps": training.steps, "resumed_from": training.resumed_from,
                      "first_loss": training.losses[0] if training.losses else None,
                      "final_loss": training.losses[-1] if training.losses else None,

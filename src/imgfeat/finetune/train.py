@@ -21,7 +21,7 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,6 @@ class TrainLog:
     seconds: float
     workers: int
     unreadable: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Trainee(nn.Module):
@@ -112,7 +111,7 @@ def _save_checkpoint(config: FinetuneConfig, trainee: Trainee, optimizer: torch.
                      losses: list[float], classes: list[str]) -> None:
     path = checkpoint_path(config.output)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"step": step, "config": {k: v for k, v in config.to_dict().items() if k != "extra"},
+    state = {"step": step, "config": config.to_dict(),
              "model": trainee.state_dict(), "optimizer": optimizer.state_dict(),
              "losses": list(losses), "classes": list(classes)}
     atomic_write(str(path), lambda fh: torch.save(state, fh))
@@ -134,6 +133,9 @@ def train(config: FinetuneConfig, data: TrainingData) -> TrainLog:
         ConfigError: the output holds a checkpoint of a different training.
     """
     Path(config.output).mkdir(parents=True, exist_ok=True)
+    state = load_checkpoint(config.output)
+    if state is not None:  # here, not in the workers: a mismatch is a clean error, not N tracebacks
+        config.check_resumable(state["config"])
     if config.workers == 1:
         return _run_worker(0, config, data, None)
     import torch.multiprocessing as mp
