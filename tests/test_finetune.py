@@ -203,3 +203,21 @@ def test_cli_registers_finetune():
     args = build_parser().parse_args(["finetune", "photos/", "-o", "out/", "--workers", "2",
                                       "--cut-at", "features.14", "--mode", "supervised", "--label-column", "sku"])
     assert args.command == "finetune" and args.workers == 2 and args.cut_at == "features.14"
+
+
+@pytest.mark.spark
+@pytest.mark.slow  # a local SparkSession and two torchrun processes
+# TorchDistributor leaves a pipe of its torchrun subprocess for the garbage collector
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_spark_torch_distributor_gives_what_one_worker_gives(photos, tmp_path):
+    pytest.importorskip("pyspark", reason="--engine spark needs pyspark: pip install 'imgfeat[spark]'")
+    from imgfeat.finetune.train import train
+
+    runs = {}
+    for engine, workers in (("local", 1), ("spark", 2)):
+        config = FinetuneConfig(source=str(photos), output=str(tmp_path / engine), steps=2, holdout=0.0,
+                                workers=workers, engine=engine, **TINY)
+        log = train(config, open_training_data(config))
+        assert log.workers == workers and log.steps == 2
+        runs[engine] = log.losses
+    np.testing.assert_allclose(runs["spark"], runs["local"], rtol=1e-5)

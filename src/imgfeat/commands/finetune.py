@@ -20,12 +20,13 @@ examples:
   imgfeat finetune photos/ -o tuned/ --steps 300 --cut-at features.14 --freeze-to features.10
   imgfeat finetune products.csv -o tuned/ --mode supervised --label-column product_id --loss arcface
   imgfeat finetune photos/ -o tuned/ --workers 2          # data-parallel, 2 processes
+  imgfeat finetune photos/ -o tuned/ --workers 2 --engine spark   # through TorchDistributor
   imgfeat extract photos/ -o features/ --embedder onnx:tuned/embedder.onnx
 """
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..finetune.config import BACKBONE_NAMES, MODES, SUPERVISED_LOSSES, FinetuneConfig
+    from ..finetune.config import BACKBONE_NAMES, ENGINES, MODES, SUPERVISED_LOSSES, FinetuneConfig
 
     d = FinetuneConfig(source="", output="")
     p = sub.add_parser("finetune", help="fine-tune the embedder on your images (self-supervised or labelled)",
@@ -56,6 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=int, help="model input side in pixels (default: the backbone's)")
     p.add_argument("--workers", type=int, default=d.workers,
                    help="data-parallel training processes (DistributedDataParallel; default 1)")
+    p.add_argument("--engine", choices=ENGINES, default=d.engine,
+                   help="local: torch.multiprocessing here; spark: pyspark's TorchDistributor (default local)")
     p.add_argument("--threads", type=int, default=d.threads,
                    help="torch threads per training process (default 0: cores / workers)")
     p.add_argument("--loader-workers", type=int, default=d.loader_workers,
@@ -78,7 +81,7 @@ def _finetune(args: argparse.Namespace) -> int:
         freeze_to=args.freeze_to, head_dim=args.head_dim, loss=args.loss, label_column=args.label_column,
         id_column=args.id_column, path_column=args.path_column, content_column=args.content_column,
         include=args.include, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        temperature=args.temperature, input_size=args.input_size, workers=args.workers, threads=args.threads,
+        temperature=args.temperature, input_size=args.input_size, workers=args.workers, engine=args.engine, threads=args.threads,
         loader_workers=args.loader_workers, checkpoint_every=args.checkpoint_every, holdout=args.holdout,
         seed=args.seed, progress=not args.no_progress, log=print)
     if args.json_out:

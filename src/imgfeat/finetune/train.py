@@ -1,5 +1,7 @@
 """The training loop: one process, or N data-parallel processes (torch DistributedDataParallel,
-gloo on CPU, nccl on GPU) started with torch.multiprocessing on this machine.
+gloo on CPU, nccl on GPU) started with torch.multiprocessing on this machine (engine "local")
+or by pyspark's TorchDistributor (engine "spark": torchrun on the driver in local mode, one
+Spark task per process on a cluster).
 
     train(config, data) -> TrainLog      runs (or resumes) up to config.steps optimiser steps
 
@@ -28,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import MissingExtra
 from ..storage import atomic_write
 from .config import FinetuneConfig
 from .data import StepSampler, TrainingData, ViewDataset, make_loader
@@ -136,29 +139,56 @@ def train(config: FinetuneConfig, data: TrainingData) -> TrainLog:
     state = load_checkpoint(config.output)
     if state is not None:  # here, not in the workers: a mismatch is a clean error, not N tracebacks
         config.check_resumable(state["config"])
-    if config.workers == 1:
+    if config.engine == "spark":
+        _train_on_spark(config, data)
+    elif config.workers == 1:
         return _run_worker(0, config, data, None)
-    import torch.multiprocessing as mp
+    else:
+        import torch.multiprocessing as mp
 
-    port = _free_port()
-    mp.spawn(_spawned_worker, args=(config, data, port), nprocs=config.workers, join=True)
+        address = f"tcp://127.0.0.1:{_free_port()}"
+        mp.spawn(_spawned_worker, args=(config, data, address), nprocs=config.workers, join=True)
     with open(Path(config.output) / TRAIN_LOG) as fh:
         return TrainLog(**json.load(fh))
 
 
-def _spawned_worker(rank: int, config: FinetuneConfig, data: TrainingData, port: int) -> None:
-    _run_worker(rank, config, data, port)
+def _train_on_spark(config: FinetuneConfig, data: TrainingData) -> None:
+    """N torchrun processes through pyspark's TorchDistributor: on the driver when Spark's master
+    is local, else one per Spark task (then OUTPUT must be storage every task can write)."""
+    try:
+        from pyspark.ml.torch.distributor import TorchDistributor
+    except ImportError as exc:
+        raise MissingExtra("pyspark", extra="spark", purpose="--engine spark") from exc
+    from ..runners.spark import spark_session
+
+    session, created = spark_session()
+    try:
+        local = session.sparkContext.master.startswith("local")
+        distributor = TorchDistributor(num_processes=config.workers, local_mode=local,
+                                       use_gpu=torch.cuda.is_available())
+        distributor.run(_torchrun_worker, config, data)
+    finally:
+        if created:
+            session.stop()
 
 
-def _run_worker(rank: int, config: FinetuneConfig, data: TrainingData, port: int | None) -> TrainLog:
+def _torchrun_worker(config: FinetuneConfig, data: TrainingData) -> None:
+    """A process started by torchrun (TorchDistributor): rank and rendezvous from its environment."""
+    _run_worker(int(os.environ["RANK"]), config, data, "env://")
+
+
+def _spawned_worker(rank: int, config: FinetuneConfig, data: TrainingData, address: str) -> None:
+    _run_worker(rank, config, data, address)
+
+
+def _run_worker(rank: int, config: FinetuneConfig, data: TrainingData, address: str | None) -> TrainLog:
     world = config.workers
     threads = config.threads or max(1, (os.cpu_count() or 1) // world)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     if world > 1:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}",
-                                             rank=rank, world_size=world)
+        torch.distributed.init_process_group(backend, init_method=address, rank=rank, world_size=world)
     try:
         return _loop(rank, world, config, data)
     finally:
