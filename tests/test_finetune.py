@@ -221,3 +221,24 @@ def test_spark_torch_distributor_gives_what_one_worker_gives(photos, tmp_path):
         assert log.workers == workers and log.steps == 2
         runs[engine] = log.losses
     np.testing.assert_allclose(runs["spark"], runs["local"], rtol=1e-5)
+
+
+@pytest.mark.ray
+@pytest.mark.slow  # a local Ray and two Ray Train workers
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")
+@pytest.mark.filterwarnings("ignore::FutureWarning:ray")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_ray_train_gives_what_one_worker_gives(photos, tmp_path):
+    ray = pytest.importorskip("ray", reason="--engine ray needs ray: pip install 'imgfeat[ray]'")
+    pytest.importorskip("ray.train", reason="--engine ray needs Ray Train")
+    from imgfeat.finetune.train import train
+
+    runs = {}
+    for engine, workers in (("local", 1), ("ray", 2)):
+        config = FinetuneConfig(source=str(photos), output=str(tmp_path / engine), steps=2, holdout=0.0,
+                                workers=workers, engine=engine, **TINY)
+        log = train(config, open_training_data(config))
+        assert log.workers == workers and log.steps == 2
+        runs[engine] = log.losses
+    np.testing.assert_allclose(runs["ray"], runs["local"], rtol=1e-5)
+    assert not ray.is_initialized()  # the Ray it started is stopped again

@@ -58,7 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=d.workers,
                    help="data-parallel training processes (DistributedDataParallel; default 1)")
     p.add_argument("--engine", choices=ENGINES, default=d.engine,
-                   help="local: torch.multiprocessing here; spark: pyspark's TorchDistributor (default local)")
+                   help="local: torch.multiprocessing here; spark: pyspark's TorchDistributor; ray: Ray Train "
+                        "(default local)")
     p.add_argument("--threads", type=int, default=d.threads,
                    help="torch threads per training process (default 0: cores / workers)")
     p.add_argument("--loader-workers", type=int, default=d.loader_workers,

@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import ConfigError
 
 MODES = ("selfsup", "supervised")
-ENGINES = ("local", "spark")
+ENGINES = ("local", "spark", "ray")
 BACKBONE_NAMES = ("mobilenet-v2", "test-cnn")  # model.BACKBONES builds them (imports torch)
 SUPERVISED_LOSSES = ("softmax", "arcface")
 # the settings that must match between a checkpoint and the run resuming it
@@ -44,8 +44,9 @@ class FinetuneConfig:
         margin: arcface's angular margin (radians).
         input_size: side of the square model input in pixels (None: the backbone's own).
         workers: data-parallel training processes (torch DistributedDataParallel, gloo on CPU).
-        engine: "local" (torch.multiprocessing on this machine) or "spark" (pyspark's
-            TorchDistributor; local mode unless a SparkSession with a cluster master is active).
+        engine: "local" (torch.multiprocessing on this machine), "spark" (pyspark's
+            TorchDistributor; local mode unless a SparkSession with a cluster master is active)
+            or "ray" (Ray Train's TorchTrainer; a local Ray unless one is running).
         threads: torch threads per training process; 0: the cores divided by `workers`. On a
             busy machine fewer threads than cores avoids OpenMP's spinning threads fighting the
             other processes (a tiny CNN's step took 0.83 s on 2 threads, 0.016 s on 1, with
@@ -94,8 +95,7 @@ class FinetuneConfig:
         if self.backbone not in BACKBONE_NAMES:
             raise ConfigError(f"unknown backbone {self.backbone!r}; valid: {', '.join(BACKBONE_NAMES)}")
         if self.engine not in ENGINES:
-            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r} "
-                              "(Ray Train is not supported yet)")
+            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.mode == "supervised":

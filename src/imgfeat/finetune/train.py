@@ -1,7 +1,7 @@
 """The training loop: one process, or N data-parallel processes (torch DistributedDataParallel,
 gloo on CPU, nccl on GPU) started with torch.multiprocessing on this machine (engine "local")
 or by pyspark's TorchDistributor (engine "spark": torchrun on the driver in local mode, one
-Spark task per process on a cluster).
+Spark task per process on a cluster) or by Ray Train's TorchTrainer (engine "ray").
 
     train(config, data) -> TrainLog      runs (or resumes) up to config.steps optimiser steps
 
@@ -141,6 +141,8 @@ def train(config: FinetuneConfig, data: TrainingData) -> TrainLog:
         config.check_resumable(state["config"])
     if config.engine == "spark":
         _train_on_spark(config, data)
+    elif config.engine == "ray":
+        _train_on_ray(config, data)
     elif config.workers == 1:
         return _run_worker(0, config, data, None)
     else:
@@ -172,6 +174,37 @@ def _train_on_spark(config: FinetuneConfig, data: TrainingData) -> None:
             session.stop()
 
 
+def _train_on_ray(config: FinetuneConfig, data: TrainingData) -> None:
+    """N Ray Train workers (TorchTrainer, which sets up the process group); a local Ray is
+    started (and stopped) when none is running. On a cluster OUTPUT must be shared storage."""
+    try:
+        import ray
+        from ray.train import RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+    except ImportError as exc:
+        raise MissingExtra("ray[train]", extra="ray", purpose="--engine ray") from exc
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=max(config.workers, os.cpu_count() or 1), include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    try:
+        trainer = TorchTrainer(
+            _ray_worker, train_loop_config={"config": config, "data": data},
+            scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=torch.cuda.is_available()),
+            run_config=RunConfig(name="imgfeat-finetune",
+                                 storage_path=str((Path(config.output) / "ray").resolve())))
+        trainer.fit()
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _ray_worker(loop_config: dict[str, Any]) -> None:
+    import ray.train
+
+    _run_worker(ray.train.get_context().get_world_rank(), loop_config["config"], loop_config["data"], None)
+
+
 def _torchrun_worker(config: FinetuneConfig, data: TrainingData) -> None:
     """A process started by torchrun (TorchDistributor): rank and rendezvous from its environment."""
     _run_worker(int(os.environ["RANK"]), config, data, "env://")
@@ -186,14 +219,16 @@ def _run_worker(rank: int, config: FinetuneConfig, data: TrainingData, address: 
     threads = config.threads or max(1, (os.cpu_count() or 1) // world)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    if world > 1:
+    # Ray Train sets the process group up itself; the other engines leave it to us
+    own_group = world > 1 and not torch.distributed.is_initialized()
+    if own_group:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         torch.distributed.init_process_group(backend, init_method=address, rank=rank, world_size=world)
     try:
         return _loop(rank, world, config, data)
     finally:
         torch.set_num_threads(previous)
-        if world > 1:
+        if own_group:
             torch.distributed.destroy_process_group()
 
 
