@@ -101,9 +101,30 @@ def test_supervised_arcface_and_softmax_use_the_label_column(photos, tmp_path):
     assert _state(tmp_path / "arc")["model"]["objective.centres"].shape == (3, 16)
 
     card = finetune(labels, tmp_path / "soft", mode="supervised", label_column="label", loss="softmax",
-                    steps=2, holdout=0.0, **TINY)
+                    steps=2, holdout=0.0, detector="test-blob", **TINY)
     assert "skipped" in card["evaluation"]  # nothing held out: nothing to score, said so
     assert _state(tmp_path / "soft")["model"]["objective.classifier.weight"].shape == (3, 16)
+
+
+def test_views_come_from_the_detectors_main_object(photos):
+    from imgfeat.finetune.data import ViewDataset
+    from imgfeat.finetune.model import input_spec
+
+    config = FinetuneConfig(source=str(photos), output="unused", holdout=0.0, **TINY)
+    data = open_training_data(config)
+    whole = ViewDataset(data.reader, data.train, input_spec("test-cnn"), 2, None, 0, 512)
+    cropped = ViewDataset(data.reader, data.train, input_spec("test-cnn"), 2, None, 0, 512, detector="test-blob")
+    from imgfeat.crop import expand_box
+    from imgfeat.models.testing import BlobDetector
+
+    for index in range(3):
+        full, main = whole._image(index), cropped._image(index)
+        assert full.shape == (48, 64, 3)
+        left, top, right, bottom = expand_box(BlobDetector()([full])[0][0], 0.05, 64, 48)  # extract's margin
+        assert main.shape == (bottom - top, right - left, 3) and main.size < full.size
+        np.testing.assert_array_equal(main, full[top:bottom, left:right])
+    sample = cropped[(0, 1)]
+    assert [tuple(v.shape) for v in sample["views"]] == [(3, 32, 32), (3, 32, 32)]
 
 
 def test_bad_settings_fail_at_once_with_a_reason(photos, tmp_path):
@@ -115,6 +136,8 @@ def test_bad_settings_fail_at_once_with_a_reason(photos, tmp_path):
         finetune(photos, tmp_path / "a", cut_at="features.7", steps=1, **TINY)
     with pytest.raises(ConfigError, match="past cut_at"):
         finetune(photos, tmp_path / "b", cut_at="features.0", freeze_to="features.1", steps=1, **TINY)
+    with pytest.raises(ConfigError, match="unknown detector"):
+        finetune(photos, tmp_path / "d", steps=1, detector="no-such-detector", **TINY)
     finetune(photos, tmp_path / "c", steps=1, holdout=0.0, **TINY)
     with pytest.raises(ConfigError, match="different training.*lr"):
         finetune(photos, tmp_path / "c", steps=2, holdout=0.0, lr=0.5, **TINY)

@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"pretrained network (default {d.backbone})")
     p.add_argument("--cut-at", help="last backbone layer kept, e.g. features.14 (default: all)")
     p.add_argument("--freeze-to", help="last backbone layer left frozen, e.g. features.10 (default: none)")
+    p.add_argument("--detector", help="train on this detector's main-object crops, e.g. centernet-mbv3 "
+                                      "(default: whole images)")
     p.add_argument("--head-dim", type=int, default=d.head_dim,
                    help=f"embedding size of the linear head (default {d.head_dim}; 0 = no head)")
     p.add_argument("--loss", choices=SUPERVISED_LOSSES, default=d.loss,
@@ -79,7 +81,8 @@ def _finetune(args: argparse.Namespace) -> int:
 
     card = finetune(
         args.source, args.output, mode=args.mode, backbone=args.backbone, cut_at=args.cut_at,
-        freeze_to=args.freeze_to, head_dim=args.head_dim, loss=args.loss, label_column=args.label_column,
+        freeze_to=args.freeze_to, detector=args.detector, head_dim=args.head_dim, loss=args.loss,
+        label_column=args.label_column,
         id_column=args.id_column, path_column=args.path_column, content_column=args.content_column,
         include=args.include, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         temperature=args.temperature, input_size=args.input_size, workers=args.workers, engine=args.engine, threads=args.threads,

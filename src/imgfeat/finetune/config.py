@@ -16,7 +16,7 @@ ENGINES = ("local", "spark", "ray")
 BACKBONE_NAMES = ("mobilenet-v2", "test-cnn")  # model.BACKBONES builds them (imports torch)
 SUPERVISED_LOSSES = ("softmax", "arcface")
 # the settings that must match between a checkpoint and the run resuming it
-_SAME_TRAINING = ("backbone", "cut_at", "freeze_to", "head_dim", "mode", "loss", "batch_size",
+_SAME_TRAINING = ("backbone", "detector", "cut_at", "freeze_to", "head_dim", "mode", "loss", "batch_size",
                   "lr", "seed", "input_size", "temperature")
 
 
@@ -33,6 +33,8 @@ class FinetuneConfig:
             "test-cnn" (a tiny random network for tests).
         cut_at: the last backbone layer kept (e.g. "features.14"); None keeps them all.
         freeze_to: the last backbone layer frozen (e.g. "features.10"); None trains every kept layer.
+        detector: train on the main-object crops of this detector (as `extract` crops them), or
+            None for whole images.
         head_dim: size of the linear head on the pooled features: the embedding size; 0 for no head.
         loss: supervised only: "softmax" (a classifier head) or "arcface" (additive angular margin).
         label_column: the column of a CSV/Parquet source holding the class or product id.
@@ -66,6 +68,7 @@ class FinetuneConfig:
     backbone: str = "mobilenet-v2"
     cut_at: str | None = None
     freeze_to: str | None = None
+    detector: str | None = None
     head_dim: int = 128
     loss: str = "softmax"
     label_column: str | None = None

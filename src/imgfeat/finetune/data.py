@@ -2,7 +2,8 @@
 -> batches, prepared by loader worker processes while the model computes.
 
     open_training_data(config)   list the source once (and its labels), split off held-out images
-    ViewDataset[(epoch, index)]  read bytes (storage limits), decode (pixel cap), then
+    ViewDataset[(epoch, index)]  read bytes (storage limits), decode (pixel cap), optionally
+                                 crop the detector's main object as `extract` does, then
                                  selfsup: two views, each 1-3 of augment.py's near-duplicate edits
                                  supervised: one such view and the label
     StepSampler                  the global batch of every step, from a seeded permutation per
@@ -166,13 +167,20 @@ class ViewDataset(Dataset):
         labels: item id -> class index, or None.
         seed: with the epoch and index, seeds the augmentations.
         max_side: decode size limit.
+        detector: views from the main object this detector finds (the pipeline's threshold,
+            selection and margin), or None for whole images.
     """
 
     def __init__(self, reader: Source, items: list[Item], spec: InputSpec, views: int,
-                 labels: dict[str, int] | None, seed: int, max_side: int):
+                 labels: dict[str, int] | None, seed: int, max_side: int, detector: str | None = None):
         self.reader, self.items, self.spec, self.views = reader, items, spec, views
-        self.labels, self.seed = labels, seed
+        self.labels, self.seed, self.detector = labels, seed, detector
         self.decode = DecodeConfig(max_side=max_side)
+        self._model: Any = None
+        self._boxes: dict[int, tuple[int, int, int, int] | None] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__, _model=None, _boxes={})
 
     def __len__(self) -> int:
         return len(self.items)
@@ -182,7 +190,28 @@ class ViewDataset(Dataset):
         if result.content is None:
             return None
         decoded = decode_image(result.content, self.decode)
-        return decoded.image if decoded.error is None else None
+        if decoded.error is not None:
+            return None
+        return decoded.image if self.detector is None else self._main_object(index, decoded.image)
+
+    def _main_object(self, index: int, image: np.ndarray) -> np.ndarray:
+        """The detector's main object with the pipeline's margin (the whole image when it finds
+        none), as `extract` crops it; boxes are cached per loader worker."""
+        from ..config import DetectConfig
+        from ..crop import crop, expand_box, select_main
+
+        settings = DetectConfig(model=self.detector)
+        if index not in self._boxes:
+            if self._model is None:  # built in the loader worker on first use, not pickled to it
+                from ..models import create_detector
+
+                self._model = create_detector(self.detector, threads=1)
+            detections = self._model([image])[0]
+            main = select_main(detections, settings.score_threshold, settings.select)
+            self._boxes[index] = None if main is None else expand_box(
+                detections[main], settings.margin, image.shape[1], image.shape[0])
+        window = self._boxes[index]
+        return image if window is None else crop(image, window)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         from PIL import Image

@@ -135,6 +135,12 @@ def train(config: FinetuneConfig, data: TrainingData) -> TrainLog:
     Raises:
         ConfigError: the output holds a checkpoint of a different training.
     """
+    if config.detector and not config.detector.startswith("onnx:"):
+        from ..errors import UnknownModel
+        from ..models import list_detectors
+
+        if config.detector not in list_detectors():
+            raise UnknownModel(f"unknown detector {config.detector!r}; known: {', '.join(list_detectors())}")
     Path(config.output).mkdir(parents=True, exist_ok=True)
     state = load_checkpoint(config.output)
     if state is not None:  # here, not in the workers: a mismatch is a clean error, not N tracebacks
@@ -251,7 +257,8 @@ def _loop(rank: int, world: int, config: FinetuneConfig, data: TrainingData) -> 
 
     spec = input_spec(config.backbone, config.input_size)
     views = 2 if config.mode == "selfsup" else 1
-    dataset = ViewDataset(data.reader, data.train, spec, views, data.labels, config.seed, config.max_side)
+    dataset = ViewDataset(data.reader, data.train, spec, views, data.labels, config.seed, config.max_side,
+                          config.detector)
     sampler = StepSampler(len(data.train), config.batch_size, config.steps, config.seed, rank, world, start)
     loader = make_loader(dataset, sampler, config.loader_workers, config.prefetch)
     bar = None
