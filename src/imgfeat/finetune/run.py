@@ -72,6 +72,8 @@ def finetune(source: str | os.PathLike, output: str | os.PathLike, *, config: Fi
         f"worker(s): {training.images_per_second} images/s, final loss "
         f"{training.losses[-1] if training.losses else float('nan'):.4f}")
 
+    if config.threads:  # the evaluation below runs here, in this process (see config.threads)
+        torch.set_num_threads(config.threads)
     spec = input_spec(config.backbone, config.input_size)
     tuned = load_trained(config)
     torch.manual_seed(config.seed)
