@@ -30,8 +30,9 @@ class OnnxEmbedder:
 
     Args:
         path: the .onnx file.
-        spec: preprocessing; by default ImageNet mean/std at the model's static input size
-            (224 when the size is dynamic).
+        spec: preprocessing; by default the one recorded in the file (`imgfeat finetune`
+            records it, models/onnx_meta.py), else ImageNet mean/std at the model's static
+            input size (224 when the size is dynamic).
         device, threads: where and on how many threads inference runs.
         runtime: "auto", "onnxruntime" or "openvino" (models/runtimes.py).
         precision: "auto", "fp32" or "bf16" (models/runtimes.py `resolve_compute`).
@@ -46,6 +47,10 @@ class OnnxEmbedder:
         self.name = name or f"onnx:{Path(path).name}"
         self.digest = self.model.digest
         self.runtime = self.model.describe()
+        if spec is None:
+            from .onnx_meta import recorded_spec
+
+            spec = recorded_spec(path)
         if spec is None:
             shape = self.model.input_shape
             nhwc = len(shape) == 4 and shape[3] == 3
