@@ -46,9 +46,9 @@ def main() -> None:
     parser.add_argument("--json-out", default=str(Path(__file__).parent / "results" / "finetune_workers.json"))
     args = parser.parse_args()
 
-    from imgfeat.finetune.config import FinetuneConfig
-    from imgfeat.finetune.data import open_training_data
-    from imgfeat.finetune.train import train
+    from imgfeat.tuning.config import FinetuneConfig
+    from imgfeat.tuning.data import open_training_data
+    from imgfeat.tuning.train import train
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -121,7 +121,7 @@ def test_public_api_is_pinned():
         "ImgfeatError", "Item", "MissingExtra", "ModelUnavailable", "OutputError", "Pipeline",
         "PipelineConfig", "ReadDecode", "RunConfig", "RunReport", "SourceError", "TooManyErrors",
         "UnknownModel", "__version__", "create_detector", "create_embedder", "create_hasher",
-        "crop", "decode_image", "dedup", "expand_box", "extract", "index", "info", "load_index",
+        "crop", "decode_image", "dedup", "expand_box", "extract", "finetune", "index", "info", "load_index",
         "open_source", "read_features", "search", "select_main",
     ])
     for name in imgfeat.__all__:

@@ -20,9 +20,9 @@ torch = pytest.importorskip("torch", reason="fine-tuning needs torch: pip instal
 pytest.importorskip("onnx", reason="the ONNX export needs onnx: pip install 'imgfeat[torch]'")
 
 from imgfeat.errors import ConfigError  # noqa: E402
-from imgfeat.finetune.config import FinetuneConfig  # noqa: E402
-from imgfeat.finetune.data import open_training_data  # noqa: E402
-from imgfeat.finetune.run import finetune  # noqa: E402
+from imgfeat.tuning.config import FinetuneConfig  # noqa: E402
+from imgfeat.tuning.data import open_training_data  # noqa: E402
+from imgfeat import finetune  # noqa: E402  (the top-level API, as users call it)
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 TINY = {"backbone": "test-cnn", "batch_size": 8, "loader_workers": 0, "threads": 1, "checkpoint_every": 0,
@@ -55,8 +55,8 @@ def _state(output: Path) -> dict:
 
 
 def test_selfsup_trains_exports_and_onnx_gives_the_torch_vectors(photos, tmp_path):
-    from imgfeat.finetune.model import FinetuneNet, input_spec
-    from imgfeat.finetune.train import load_trained
+    from imgfeat.tuning.model import FinetuneNet, input_spec
+    from imgfeat.tuning.train import load_trained
     from imgfeat.models import create_embedder
     from imgfeat.models.preprocess import l2_normalize, to_tensor
 
@@ -107,8 +107,8 @@ def test_supervised_arcface_and_softmax_use_the_label_column(photos, tmp_path):
 
 
 def test_views_come_from_the_detectors_main_object(photos):
-    from imgfeat.finetune.data import ViewDataset
-    from imgfeat.finetune.model import input_spec
+    from imgfeat.tuning.data import ViewDataset
+    from imgfeat.tuning.model import input_spec
 
     config = FinetuneConfig(source=str(photos), output="unused", holdout=0.0, **TINY)
     data = open_training_data(config)
@@ -147,7 +147,7 @@ def test_bad_settings_fail_at_once_with_a_reason(photos, tmp_path):
 def test_two_workers_give_what_one_gives(photos, tmp_path):
     """DistributedDataParallel on 2 gloo processes with the same seed and global batch: the
     same losses and weights as 1 process, up to floating-point noise."""
-    from imgfeat.finetune.train import train
+    from imgfeat.tuning.train import train
 
     runs = {}
     for workers in (1, 2):
@@ -191,7 +191,7 @@ def test_killed_training_resumes_from_its_checkpoint(photos, tmp_path):
     log = json.loads((output / "train_log.json").read_text())
     assert log["resumed_from"] >= killed_at and log["steps"] == steps and len(log["losses"]) == steps
 
-    from imgfeat.finetune.train import train
+    from imgfeat.tuning.train import train
 
     config = FinetuneConfig(source=str(photos), output=str(tmp_path / "whole"), steps=steps, holdout=0.0, **TINY)
     train(config, open_training_data(config))
@@ -234,7 +234,7 @@ def test_cli_registers_finetune():
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_spark_torch_distributor_gives_what_one_worker_gives(photos, tmp_path):
     pytest.importorskip("pyspark", reason="--engine spark needs pyspark: pip install 'imgfeat[spark]'")
-    from imgfeat.finetune.train import train
+    from imgfeat.tuning.train import train
 
     runs = {}
     for engine, workers in (("local", 1), ("spark", 2)):
@@ -254,7 +254,7 @@ def test_spark_torch_distributor_gives_what_one_worker_gives(photos, tmp_path):
 def test_ray_train_gives_what_one_worker_gives(photos, tmp_path):
     ray = pytest.importorskip("ray", reason="--engine ray needs ray: pip install 'imgfeat[ray]'")
     pytest.importorskip("ray.train", reason="--engine ray needs Ray Train")
-    from imgfeat.finetune.train import train
+    from imgfeat.tuning.train import train
 
     runs = {}
     for engine, workers in (("local", 1), ("ray", 2)):

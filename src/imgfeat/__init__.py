@@ -13,7 +13,7 @@ classes `ReadDecode`, `Features`, `Pipeline`.
 
 from ._version import __version__
 
-from .api import dedup, extract, index, info, load_index, read_features, search  # noqa: E402
+from .api import dedup, extract, finetune, index, info, load_index, read_features, search  # noqa: E402
 from .config import DecodeConfig, DetectConfig, EmbedConfig, PipelineConfig, RunConfig  # noqa: E402
 from .crop import crop, expand_box, select_main  # noqa: E402
 from .decode import Decoded, decode_image  # noqa: E402
@@ -31,6 +31,6 @@ __all__ = [
     "ImgfeatError", "Item", "MissingExtra", "ModelUnavailable", "OutputError", "Pipeline",
     "PipelineConfig", "ReadDecode", "RunConfig", "RunReport", "SourceError", "TooManyErrors",
     "UnknownModel", "__version__", "create_detector", "create_embedder", "create_hasher", "crop",
-    "decode_image", "dedup", "expand_box", "extract", "index", "info", "load_index", "open_source",
+    "decode_image", "dedup", "expand_box", "extract", "finetune", "index", "info", "load_index", "open_source",
     "read_features", "search", "select_main",
 ]

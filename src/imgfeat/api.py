@@ -6,6 +6,7 @@
     index = imgfeat.index("features/", "index/")   # or imgfeat.load_index("index/")
     hits = imgfeat.search(index, ["query.jpg"], k=5)
     groups = imgfeat.dedup("features/", threshold=0.85)
+    card = imgfeat.finetune("photos/", "tuned/", steps=300)   # then embedder="onnx:tuned/embedder.onnx"
 """
 
 from __future__ import annotations
@@ -146,6 +147,18 @@ def search(index: "FeatureIndex | str | os.PathLike", images: Sequence[Any] | No
     if not hasattr(index, "search"):
         index = load_index(index)
     return run_search(index, images, k=k, **options)
+
+
+def finetune(source: str | os.PathLike, output: str | os.PathLike, **options: Any) -> dict[str, Any]:
+    """Fine-tune the embedder on the images of `source`; export `output`/embedder.onnx for
+    `extract(embedder="onnx:OUTPUT/embedder.onnx")`. Needs imgfeat[finetune].
+
+    See `imgfeat.tuning.run.finetune` for the options (mode, backbone, cut_at, freeze_to, head_dim,
+    loss, label_column, steps, batch_size, lr, workers, engine...). Returns the model card.
+    """
+    from .tuning import finetune as run_finetune
+
+    return run_finetune(source, output, **options)
 
 
 def dedup(source: Any, threshold: float | None = None, **options: Any) -> Any:

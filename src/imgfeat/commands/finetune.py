@@ -26,7 +26,7 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..finetune.config import BACKBONE_NAMES, ENGINES, MODES, SUPERVISED_LOSSES, FinetuneConfig
+    from ..tuning.config import BACKBONE_NAMES, ENGINES, MODES, SUPERVISED_LOSSES, FinetuneConfig
 
     d = FinetuneConfig(source="", output="")
     p = sub.add_parser("finetune", help="fine-tune the embedder on your images (self-supervised or labelled)",
@@ -77,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from ..finetune.run import finetune
+    from ..tuning.run import finetune
 
     card = finetune(
         args.source, args.output, mode=args.mode, backbone=args.backbone, cut_at=args.cut_at,

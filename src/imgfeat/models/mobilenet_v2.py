@@ -263,7 +263,7 @@ def export_onnx(
     example = torch.zeros(2, 3, INPUT_SIZE, INPUT_SIZE)  # batch 2: avoids 0/1 specialisation
     output_names = [EMBED_NAME, LOGITS_NAME] if with_logits else [EMBED_NAME]
 
-    with _quiet_exporter(), torch.no_grad():
+    with quiet_exporter(), torch.no_grad():
         if opset >= 18:
             program = torch.onnx.export(
                 wrapper,
@@ -315,7 +315,7 @@ def _export_legacy(wrapper: nn.Module, example: torch.Tensor, output_names: list
     return onnx.load_from_string(buf.getvalue())
 
 
-class _quiet_exporter:
+class quiet_exporter:
     """Silence the exporter's chatter for the duration of an export: Python warnings
     (deprecations, best-effort notices) and its logging (e.g. "torchvision is not installed.
     Skipping torchvision::nms"). None of it concerns a plain CNN; the result is checked."""

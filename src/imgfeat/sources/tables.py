@@ -81,7 +81,7 @@ class ParquetSource(ListedSource):
         return [read_one(item, functools.partial(self._value, item.ref, max_bytes)) for item in items]
 
 
-def _parquet_files(spec: str) -> list[str]:
+def parquet_files(spec: str) -> list[str]:
     fs, root = url_to_fs(spec)
     protocol = spec.split("://", 1)[0] if is_url(spec) else None
     if fs.isdir(root):
@@ -100,7 +100,7 @@ def open_parquet(request: SourceRequest) -> Source:
 
     spec, content_column, path_column, id_column = (request.spec, request.content_column,
                                                     request.path_column, request.id_column)
-    files = _parquet_files(spec)
+    files = parquet_files(spec)
     if not files:
         raise SourceError(f"no Parquet files under {spec}")
     with fsspec.open(files[0], "rb") as fh:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import MissingExtra
-from ..models.mobilenet_v2 import EMBED_NAME, INPUT_NAME, _quiet_exporter
+from ..models.mobilenet_v2 import EMBED_NAME, INPUT_NAME, quiet_exporter
 from ..models.onnx_meta import PREPROCESS_KEY, spec_to_json
 from ..models.preprocess import InputSpec
 from ..storage import atomic_write
@@ -45,7 +45,7 @@ def export_embedder(net: FinetuneNet, spec: InputSpec, path: str | os.PathLike, 
     net = net.eval()
     example = torch.zeros(2, 3, *spec.size)  # batch 2: no specialisation on a batch of 1
     buffer = io.BytesIO()
-    with _quiet_exporter(), torch.no_grad():
+    with quiet_exporter(), torch.no_grad():
         torch.onnx.export(net, (example,), buffer, input_names=[INPUT_NAME], output_names=[EMBED_NAME],
                           opset_version=opset, dynamo=False, do_constant_folding=True,
                           dynamic_axes={INPUT_NAME: {0: "batch"}, EMBED_NAME: {0: "batch"}})

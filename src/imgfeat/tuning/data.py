@@ -33,7 +33,8 @@ from ..config import DecodeConfig
 from ..decode import decode_image
 from ..errors import ConfigError, SourceError
 from ..models.preprocess import InputSpec, to_tensor
-from ..sources import PATH_COLUMN_NAMES, Item, Source, _parquet_files, open_source
+from ..sources import PATH_COLUMN_NAMES, Item, Source, open_source
+from ..sources.tables import parquet_files
 
 
 @dataclass
@@ -65,7 +66,7 @@ def _table_columns(spec: str, columns: Sequence[str]) -> dict[str, list[str]]:
     import pyarrow.parquet as pq
 
     values: dict[str, list[str]] = {c: [] for c in columns}
-    for file in _parquet_files(spec):
+    for file in parquet_files(spec):
         with fsspec.open(file, "rb") as fh:
             names = pq.read_schema(fh).names
             missing = [c for c in columns if c not in names]
@@ -87,7 +88,7 @@ def _header(spec: str) -> list[str]:
         return next(csv.reader([first], delimiter="\t" if spec.lower().endswith(".tsv") else ","), [])
     import pyarrow.parquet as pq
 
-    files = _parquet_files(spec)
+    files = parquet_files(spec)
     if not files:
         raise SourceError(f"no Parquet files under {spec}")
     with fsspec.open(files[0], "rb") as fh:
