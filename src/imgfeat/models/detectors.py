@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ConfigError, ModelUnavailable
-from .preprocess import InputSpec, letterbox, to_tensor
+from .preprocess import InputSpec, letterbox, spec_from_shape, to_tensor
 from .registry import register_detector
 from .runtimes import create_runtime
 
@@ -136,11 +136,7 @@ class OnnxDetector:
         self.name = f"onnx:{Path(path).name}"
         self.digest = self.model.digest
         self.runtime = self.model.describe()
-        shape = self.model.input_shape
-        nhwc = len(shape) == 4 and shape[3] == 3
-        hw = shape[1:3] if nhwc else shape[2:4]
-        size = tuple(int(s) if isinstance(s, int) and s > 0 else 512 for s in hw)
-        self.spec = InputSpec(size=size, layout="NHWC" if nhwc else "NCHW", scale=scale, mean=mean, std=std)
+        self.spec = spec_from_shape(self.model.input_shape, 512, scale=scale, mean=mean, std=std)
         self.labels = read_labels(labels) if isinstance(labels, str) else tuple(labels)
         self.min_score = min_score
 

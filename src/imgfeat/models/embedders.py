@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MissingExtra, ModelUnavailable
-from .preprocess import InputSpec, l2_normalize, to_tensor
+from .preprocess import InputSpec, l2_normalize, spec_from_shape, to_tensor
 from .registry import register_embedder
 from .runtimes import create_runtime, imgfeat_home
 
@@ -51,13 +51,7 @@ class OnnxEmbedder:
             from .onnx_meta import recorded_spec
 
             spec = recorded_spec(path)
-        if spec is None:
-            shape = self.model.input_shape
-            nhwc = len(shape) == 4 and shape[3] == 3
-            hw = shape[1:3] if nhwc else shape[2:4]
-            size = tuple(int(s) if isinstance(s, int) and s > 0 else 224 for s in hw)
-            spec = InputSpec(size=size, layout="NHWC" if nhwc else "NCHW")
-        self.spec = spec
+        self.spec = spec or spec_from_shape(self.model.input_shape, 224)
         out_shape = self.model.output_shape
         self.dim = int(out_shape[-1]) if isinstance(out_shape[-1], int) else self._probe_dim()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -42,6 +43,15 @@ class InputSpec:
 # OpenCV, not Pillow: on 640x480 -> 512x384 Pillow's bilinear costs ~5.6 ms, OpenCV's ~0.5 ms
 # (docs/benchmarks.md), a cost paid for every image on the inference threads.
 _INTERPOLATION = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
+
+
+def spec_from_shape(shape: Sequence[Any], default_size: int, **options: Any) -> InputSpec:
+    """The InputSpec a user's ONNX model implies by its input shape: layout NHWC when the last
+    axis is 3 (else NCHW), height and width from the static dims (else `default_size`)."""
+    nhwc = len(shape) == 4 and shape[3] == 3
+    hw = shape[1:3] if nhwc else shape[2:4]
+    size = tuple(int(s) if isinstance(s, int) and s > 0 else default_size for s in hw)
+    return InputSpec(size=size, layout="NHWC" if nhwc else "NCHW", **options)
 
 
 def resize(image: np.ndarray, size: tuple[int, int], interpolation: str = "area") -> np.ndarray:
