@@ -209,3 +209,19 @@ def test_dead_http_endpoint_is_an_unreachable_row_when_the_client_is_installed(t
     with pytest.raises(ReadFailure) as failure:
         read_bytes(f"http://127.0.0.1:{closed_port()}/x.jpg", 1000, NO_RETRY)
     assert failure.value.kind == "unreachable"
+
+
+def test_an_output_on_a_store_without_its_package_is_one_clear_error(tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("s3fs") is not None:
+        pytest.skip("s3fs is installed here: the missing-package path cannot be reached")
+    from imgfeat.cli import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(b"not read")
+    assert main(["extract", str(photos), "-o", "s3://bucket/out", "--detector", "test-blob",
+                 "--embedder", "test-tiny", "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [err[-1]] and err[-1].startswith("imgfeat: error: writing s3:// outputs needs a package")

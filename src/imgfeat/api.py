@@ -20,6 +20,7 @@ from .dataset import FeatureDataset, open_features
 from .errors import OutputError, SourceError
 from .runners import RunReport, get_runner
 from .sources import Source, check_output_apart, open_source
+from .storage import check_writable_location
 
 if TYPE_CHECKING:
     from .retrieval.index import FeatureIndex
@@ -60,6 +61,7 @@ def extract(source: str | os.PathLike | Source, output: str | os.PathLike, *,
         source = open_source(os.fspath(source), include=include, content_column=content_column,
                              path_column=path_column, id_column=id_column)
     check_output_apart(source, os.fspath(output))
+    check_writable_location(os.fspath(output))
     bar = None
     if on_progress is None and config.run.progress:
         from .progress import ProgressBar

@@ -221,6 +221,28 @@ def classify(exc: BaseException) -> ReadFailure:
     return ReadFailure("read-error", detail)
 
 
+def check_writable_location(output: str) -> None:
+    """Fail before a run when `output` names a store this machine cannot use.
+
+    Raises:
+        OutputError: the URL's protocol is unknown, its package (s3fs, gcsfs, adlfs...) is not
+            installed, or its client cannot be built (e.g. bad options); the message says what
+            to install.
+    """
+    from .errors import OutputError
+
+    if not is_url(output) or output.startswith("file://"):
+        return
+    protocol = output.split("://", 1)[0].split("::")[0]
+    try:
+        url_to_fs(output)
+    except ImportError as exc:
+        raise OutputError(f"writing {protocol}:// outputs needs a package that is not installed: {exc} "
+                          f"(e.g. pip install s3fs for s3://, gcsfs for gs://)") from exc
+    except ValueError as exc:
+        raise OutputError(f"cannot write to {output}: {exc}") from exc
+
+
 # --- writing ------------------------------------------------------------------------------
 
 def _temporary_name(path: str, sep: str = "/") -> str:
