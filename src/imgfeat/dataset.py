@@ -26,8 +26,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from .errors import SourceError
-from .schema import STATUS_OK
+from .errors import ConfigError, SourceError
+from .schema import STATUS_OK, VECTOR_COLUMNS
 from .sinks import MANIFEST
 
 READ_BATCH_ROWS = 65536  # rows per Parquet read: bounds memory while streaming
@@ -224,3 +224,51 @@ def open_features(source: str | os.PathLike | Sequence[str | os.PathLike]) -> Fe
             or pa.types.is_large_list(emb_type)):
         raise SourceError(f"{files[0]}: embedding is {emb_type}, expected a list of floats")
     return dataset
+
+
+VECTORS = ("object", "image")  # the main object's vector, or the whole image's
+
+
+def crop_kind(dataset: FeatureDataset) -> str:
+    """"whole-image" when the features were extracted without detection, else "object"."""
+    detect = (dataset.config.get("detect") or {}).get("model")
+    if detect is None:
+        detect = dataset.models.get("detector")
+    return "whole-image" if str(detect).lower() == "none" else "object"
+
+
+def vector_columns(dataset: FeatureDataset, crop: str) -> tuple[str, str]:
+    """The (vector, code) columns of `dataset` holding `crop` ("object" or "whole-image") vectors.
+
+    Raises:
+        ConfigError: the dataset has no such vectors.
+    """
+    extracted = crop_kind(dataset)
+    if crop == extracted:
+        return VECTOR_COLUMNS["object"]  # the embedding column holds what was extracted
+    if crop == "whole-image" and "image_embedding" in dataset.schema.names:
+        return VECTOR_COLUMNS["image"]
+    if crop == "whole-image":
+        raise ConfigError(f"{dataset.location} holds no whole-image vectors (extracted before they were "
+                          "stored, or with whole_image off): extract again, or index the object vectors")
+    raise ConfigError(f"{dataset.location} holds whole-image vectors only (extracted with --no-detect), not "
+                      "main-object vectors: index them as --vector image, or extract with detection")
+
+
+def sample_vectors(dataset: FeatureDataset, column: str, dim: int, count: int, size: int,
+                     seed: int) -> np.ndarray:
+    """A uniform random sample of `size` of the `count` status-ok vectors in `column`, L2-normalised,
+    read in one streaming pass (to train a quantiser)."""
+    chosen = np.sort(np.random.default_rng(seed).choice(count, size=size, replace=False))
+    sample = np.empty((size, dim), np.float32)
+    seen = filled = 0
+    for batch in dataset.iter_batches([column], status=STATUS_OK):
+        n = batch.num_rows
+        lo, hi = np.searchsorted(chosen, [seen, seen + n])
+        if hi > lo:
+            sample[filled:filled + hi - lo] = embedding_matrix(batch.column(column), dim)[chosen[lo:hi] - seen]
+            filled += hi - lo
+        seen += n
+    sample = sample[:filled]
+    sample /= np.maximum(np.linalg.norm(sample, axis=1, keepdims=True), 1e-12)
+    return sample

@@ -28,7 +28,8 @@ from ..errors import ConfigError
 from ..schema import STATUS_OK
 from ..storage import atomic_local_path
 from .faiss_kinds import FLAT_MAX_VECTORS
-from .index import FeatureIndex, crop_kind
+from ..dataset import crop_kind
+from .index import FeatureIndex
 from .reviews import default_reviews_path, load_reviews, not_duplicate_sets  # noqa: F401  (re-exported)
 
 REPRESENTATIVES = ("largest", "first")

@@ -29,44 +29,18 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..dataset import READ_BATCH_ROWS, FeatureDataset, code_matrix, embedding_matrix, open_features
+from ..dataset import (
+    READ_BATCH_ROWS, VECTORS, FeatureDataset, code_matrix, crop_kind, embedding_matrix, open_features, sample_vectors,
+    vector_columns,
+)
 from ..errors import ConfigError, SourceError
-from ..schema import STATUS_OK, VECTOR_COLUMNS
+from ..schema import STATUS_OK
 from .id_table import IdTable, meta_columns
 from .faiss_kinds import MIN_TRAIN_VECTORS, choose_kind, faiss_module, get_kind, new_binary_index
 from .index_files import FORMAT_VERSION, IndexParts, read_index_folder, write_index_folder
 
 HNSW_REBUILD_RATIO = 0.3  # rebuild an HNSW graph once this share of its vectors is removed
 READ_COLUMNS = ["id", "path", "width", "height", "box", "label", "score", "crop"]
-
-
-VECTORS = ("object", "image")  # the main object's vector, or the whole image's
-
-
-def crop_kind(dataset: FeatureDataset) -> str:
-    """"whole-image" when the features were extracted without detection, else "object"."""
-    detect = (dataset.config.get("detect") or {}).get("model")
-    if detect is None:
-        detect = dataset.models.get("detector")
-    return "whole-image" if str(detect).lower() == "none" else "object"
-
-
-def vector_columns(dataset: FeatureDataset, crop: str) -> tuple[str, str]:
-    """The (vector, code) columns of `dataset` holding `crop` ("object" or "whole-image") vectors.
-
-    Raises:
-        ConfigError: the dataset has no such vectors.
-    """
-    extracted = crop_kind(dataset)
-    if crop == extracted:
-        return VECTOR_COLUMNS["object"]  # the embedding column holds what was extracted
-    if crop == "whole-image" and "image_embedding" in dataset.schema.names:
-        return VECTOR_COLUMNS["image"]
-    if crop == "whole-image":
-        raise ConfigError(f"{dataset.location} holds no whole-image vectors (extracted before they were "
-                          "stored, or with whole_image off): extract again, or index the object vectors")
-    raise ConfigError(f"{dataset.location} holds whole-image vectors only (extracted with --no-detect), not "
-                      "main-object vectors: index them as --vector image, or extract with detection")
 
 
 # --- the index ------------------------------------------------------------------------------
@@ -155,7 +129,7 @@ class FeatureIndex:
             if count < MIN_TRAIN_VECTORS:
                 raise ConfigError(f"a {kind} index needs at least {MIN_TRAIN_VECTORS} vectors to train, "
                                   f"these features have {count}: use --kind flat")
-            float_index.train(_training_sample(dataset, columns[0], dim, count, min(count, chosen["nlist"] * 64),
+            float_index.train(sample_vectors(dataset, columns[0], dim, count, min(count, chosen["nlist"] * 64),
                                                seed))
         index = cls(kind, dim, code_bytes, dataset.models, dataset.config, chosen, float_index,
                     new_binary_index(code_bytes) if code_bytes else None, None, 0, crop=crop)
@@ -472,21 +446,3 @@ class FeatureIndex:
             keep = ~np.isin(found, self._removed)
             rows, found, scores = rows[keep], found[keep], scores[keep]
         return rows, found.astype(np.int64), scores.astype(np.float32)
-
-
-def _training_sample(dataset: FeatureDataset, column: str, dim: int, count: int, size: int,
-                     seed: int) -> np.ndarray:
-    """A uniform random sample of `size` status-ok vectors, read in one streaming pass."""
-    chosen = np.sort(np.random.default_rng(seed).choice(count, size=size, replace=False))
-    sample = np.empty((size, dim), np.float32)
-    seen = filled = 0
-    for batch in dataset.iter_batches([column], status=STATUS_OK):
-        n = batch.num_rows
-        lo, hi = np.searchsorted(chosen, [seen, seen + n])
-        if hi > lo:
-            sample[filled:filled + hi - lo] = embedding_matrix(batch.column(column), dim)[chosen[lo:hi] - seen]
-            filled += hi - lo
-        seen += n
-    sample = sample[:filled]
-    faiss_module().normalize_L2(sample)
-    return sample
