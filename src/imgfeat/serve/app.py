@@ -41,7 +41,8 @@ from starlette.requests import ClientDisconnect
 from ..errors import ImgfeatError
 from .batching import BatcherClosed
 from .security import Guard, docs_csp, hosts_for
-from .service import RequestError, SearchService, ServeConfig
+from .responses import RequestError
+from .service import SearchService, ServeConfig
 
 STATIC = Path(__file__).parent / "static"
 MAX_ID_LENGTH = 512

@@ -15,7 +15,7 @@ import threading
 from typing import Any
 
 from ..errors import ConfigError
-from .service import RequestError, public_metadata, score_of
+from .responses import RequestError, public_metadata, score_of
 
 
 class DuplicateGroups:

@@ -35,6 +35,7 @@ from ..sources import Item
 from ..stages import Features, ImageBatch
 from ..thumbs import ThumbnailError, thumbnail_of
 from .batching import MicroBatcher
+from .responses import RequestError, floats, public_metadata, score_of
 
 CODE_ENCODING = "hex"  # the binary code in JSON: numpy.packbits bytes as lowercase hex
 
@@ -44,16 +45,6 @@ UPLOAD_MAX_PIXELS = 40_000_000
 
 # decode error kind (decode.py) -> HTTP status
 _DECODE_STATUS = {"empty": 400, "too-large": 413, "not-an-image": 415, "corrupt": 422}
-
-
-class RequestError(Exception):
-    """A bad request: becomes the JSON body {"error": kind, "detail": detail} with `status`."""
-
-    def __init__(self, status: int, kind: str, detail: str):
-        super().__init__(f"{status} {kind}: {detail}")
-        self.status = status
-        self.kind = kind
-        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -137,17 +128,6 @@ def pipeline_config_for(index_config: dict[str, Any] | None, serve: ServeConfig)
     config = query_config(index_config or {}, threads=threads)  # the same rules as `imgfeat search`
     max_pixels = serve.max_pixels or min(UPLOAD_MAX_PIXELS, config.decode.max_pixels)
     return dataclasses.replace(config, decode=dataclasses.replace(config.decode, max_pixels=max_pixels))
-
-
-def _floats(values: Any) -> list[float] | None:
-    """JSON-safe floats (NaN becomes None) from an array, list or None."""
-    if values is None or (np.ndim(values) == 0 and _absent(values)):
-        return None
-    return [None if math.isnan(v) else v for v in np.asarray(values, dtype=np.float64).tolist()]
-
-
-def score_of(value: Any) -> float | None:
-    return None if _absent(value) else float(value)
 
 
 @dataclass
@@ -238,9 +218,9 @@ class SearchService:
                 results.append({"error": row["error"] or "failed"})
                 continue
             results.append({
-                "width": row["width"], "height": row["height"], "box": _floats(row["box"]),
+                "width": row["width"], "height": row["height"], "box": floats(row["box"]),
                 "label": row["label"], "score": score_of(row["score"]), "crop": row["crop"],
-                "embedding": _floats(embedding), "code": row["code"].hex(),
+                "embedding": floats(embedding), "code": row["code"].hex(),
                 "code_encoding": CODE_ENCODING, "code_bits": len(row["code"]) * 8,
                 "models": dict(self.features.models),
             })
@@ -319,31 +299,3 @@ class SearchService:
                          "batches": stats.batches, "images": stats.jobs,
                          "mean_batch": round(stats.mean_batch, 2), "largest_batch": stats.largest},
         }
-
-
-def public_metadata(meta: dict[str, Any] | None) -> dict[str, Any]:
-    """The JSON form of `FeatureIndex.metadata` for one id (everything but vectors)."""
-    meta = meta or {}
-    return {
-        "path": _text(meta.get("path")), "box": _floats(meta.get("box")), "label": _text(meta.get("label")),
-        "detector_score": score_of(meta.get("score")),  # "score" is the similarity in results
-        "width": _int(meta.get("width")), "height": _int(meta.get("height")), "crop": _text(meta.get("crop")),
-    }
-
-
-def _absent(value: Any) -> bool:
-    """None, NaN or pandas' NA (groups files hold nullable integer columns)."""
-    if value is None:
-        return True
-    try:
-        return bool(value != value)  # NaN; NA compares to NA, and bool(NA) raises
-    except TypeError:
-        return True
-
-
-def _int(value: Any) -> int | None:
-    return None if _absent(value) else int(value)
-
-
-def _text(value: Any) -> str | None:
-    return None if _absent(value) else str(value)
