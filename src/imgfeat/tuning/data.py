@@ -289,6 +289,9 @@ def make_loader(dataset: ViewDataset, sampler: StepSampler, loader_workers: int,
     """A DataLoader that prepares the next `prefetch` batches per worker while the model trains."""
     options: dict[str, Any] = {}
     if loader_workers:
-        options = {"num_workers": loader_workers, "prefetch_factor": prefetch,
-                   "worker_init_fn": _quiet_worker, "multiprocessing_context": "fork"}
+        # forkserver, not fork: a process that already runs threads (onnxruntime, OpenVINO, a JVM,
+        # torch's own pools) and forks can leave the child waiting forever on a lock one of those
+        # threads held (it hung the test suite); forkserver forks from a clean single-threaded server
+        options = {"num_workers": loader_workers, "prefetch_factor": prefetch, "persistent_workers": False,
+                   "worker_init_fn": _quiet_worker, "multiprocessing_context": "forkserver"}
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, **options)
