@@ -187,8 +187,6 @@ def open_source(spec: str | os.PathLike, *, include: str | None = None, content_
     kind = next(k for k in SOURCE_KINDS if k.accepts(request))
     if kind.must_exist and not has_magic(request.spec) and not request.probe()[2]:
         raise SourceError(f"input not found: {request.spec}")
-    if (table or query) and kind.name != "sql":
-        raise ConfigError(f"--table/--query apply to SQL database URLs; {request.spec} is a {kind.name}")
     if id_column and kind.name not in ("parquet", "list", "sql", "webdataset"):
         raise ConfigError(f"--id-column applies to tables (Parquet, .csv/.tsv lists, SQL) and WebDataset; {request.spec} "
                           f"is a {kind.name}")

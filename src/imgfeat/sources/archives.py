@@ -101,7 +101,7 @@ def zip_members(archive: str) -> list[tuple[str, int, int]]:
 
 class ArchiveSource(ListedSource):
     """Members of archives; an item's ref is (archive, member name, data offset, size), or
-    (archive, None, reason, 0) for an input known at listing to be unreadable."""
+    (archive, None, -1, reason) for an input known at listing to be unreadable."""
 
     kind = "archive"
 
@@ -117,7 +117,7 @@ class ArchiveSource(ListedSource):
 
     def _read_archive(self, archive: str, items: list[Item], max_bytes: int, retry: Retry) -> list[ReadResult]:
         known = [i for i in items if i.ref[1] is not None]
-        out = {i.id: ReadResult(i, error=i.ref[2]) for i in items if i.ref[1] is None}
+        out = {i.id: ReadResult(i, error=i.ref[3]) for i in items if i.ref[1] is None}
         if known:
             try:
                 fh = _open_retried(archive, retry)
@@ -330,7 +330,7 @@ def open_webdataset(request: SourceRequest) -> Source:
             if image is None:
                 uri = f"tar://{key}::{shard}"
                 reason = f"read-error: sample has no image member (has {', '.join(sorted(members))})"
-                items.append(Item(item_id, uri, (shard, None, reason, 0)))
+                items.append(Item(item_id, uri, (shard, None, -1, reason)))
             else:
                 items.append(Item(item_id, _member_uri(shard, image[0]), (shard, *image)))
     if len({i.id for i in items}) != len(items):
