@@ -353,3 +353,25 @@ def postgres_url():
 @needs_sql
 def test_postgresql_table_blobs_query_and_paths(postgres_url, tmp_path):
     _check_sql(postgres_url, tmp_path)
+
+
+def _read_all(reader, items):
+    return [(r.item.id, r.content, r.error) for r in reader.read(items, max_bytes=1 << 20)]
+
+
+@needs_sql
+def test_readers_are_picklable_and_read_in_another_process(shards, tmp_path):
+    """What engines ship to workers: the reader alone (no listing), opened lazily in the worker."""
+    import concurrent.futures
+    import multiprocessing
+    import pickle
+
+    url = f"sqlite:///{tmp_path / 'shop.sqlite'}"
+    _fill(url, [_jpeg(tmp_path, 0), _jpeg(tmp_path, 9)], tmp_path)
+    sources = [open_source(url, table="products"), open_source(str(shards))]
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for source in sources:
+            reader = pickle.loads(pickle.dumps(source.reader()))
+            assert reader.list() == []
+            items = source.list()
+            assert pool.submit(_read_all, source.reader(), items).result() == _read_all(source, items)

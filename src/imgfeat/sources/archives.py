@@ -247,11 +247,15 @@ def expand_braces(spec: str) -> list[str]:
 
 
 def _is_tar_folder(request: SourceRequest) -> bool:
-    fs, path, _, is_dir = request.probe()
+    try:
+        fs, path, _, is_dir = request.probe()
+    except SourceError:  # not for this kind to report: a later kind (or the registry) will
+        return False
     if not is_dir:
         return False
-    files = [p for p in fs.find(path) if not os.path.basename(p).startswith((".", "_"))]
-    return bool(files) and all(p.lower().endswith(TAR_SUFFIXES) for p in files)
+    # one level only (shards lie side by side): a photo folder must not be walked twice
+    entries = [e for e in fs.ls(path, detail=True) if not os.path.basename(e["name"].rstrip("/")).startswith((".", "_"))]
+    return bool(entries) and all(e["type"] == "file" and e["name"].lower().endswith(TAR_SUFFIXES) for e in entries)
 
 
 def is_webdataset(request: SourceRequest) -> bool:
