@@ -375,3 +375,16 @@ def test_readers_are_picklable_and_read_in_another_process(shards, tmp_path):
             assert reader.list() == []
             items = source.list()
             assert pool.submit(_read_all, source.reader(), items).result() == _read_all(source, items)
+
+
+def test_a_glob_through_a_chain_keeps_the_chain(members, tmp_path):
+    """The glob kind (used for chains no archive kind takes) builds URIs that still open: the
+    "::ARCHIVE" tail is kept (it was lost: every row failed with read-error: is a directory)."""
+    from imgfeat.sources.base import SourceRequest
+    from imgfeat.sources.files import open_glob
+
+    archive = _tar(tmp_path / "photos.tar", members)
+    source = open_glob(SourceRequest(f"tar://*.jpg::{archive}"))
+    results = source.read(source.list(), max_bytes=1 << 20)
+    assert len(results) == 5 and all(r.item.uri.endswith(f"::{archive}") for r in results)
+    assert all(r.content == dict(members)[r.item.uri.split("://")[1].split("::")[0]] for r in results)
