@@ -26,6 +26,7 @@ from imgfeat.cli import main as cli
 from imgfeat.errors import ConfigError, SourceError
 from imgfeat.sources import open_source, stable_id
 from imgfeat.sources.archives import expand_braces
+from imgfeat.sources.sql import dispose_engines
 
 from conftest import FAST_MODELS, blob_image
 
@@ -269,6 +270,14 @@ def _check_sql(url: str, tmp_path: Path) -> None:
     assert [(r.item.id, r.content) for r in results[:2]] == [("sku-01", images[1]), ("sku-03", images[3])]
     paths = open_source(url, table="products", path_column="url", id_column="sku")
     assert paths.describe()["kind"] == "sql-paths" and {i.id for i in paths.list()} == {f"sku-{i:02d}" for i in range(6)}
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("UPDATE products SET url = NULL WHERE sku = 'sku-01'"))
+    engine.dispose()
+    paths = open_source(url, table="products", path_column="url", id_column="sku")
+    by_id = {r.item.id: r for r in paths.reader().read(paths.list(), max_bytes=1 << 20)}
+    assert len(by_id) == 6 and by_id["sku-01"].error == "read-error: null path"
+    assert by_id["sku-00"].content == images[0]
     with pytest.raises(ConfigError, match="--id-column"):
         open_source(url, query="SELECT sku, image FROM products", content_column="image")
     with pytest.raises(ConfigError, match="no column"):
@@ -292,6 +301,9 @@ def test_sql_cli_and_clear_errors(tmp_path, capsys):
         open_source(url, table="nope")
     with pytest.raises(ConfigError, match="exactly one of --table or --query"):
         open_source(url)
+    from imgfeat.sources.sql import safe_url
+
+    assert "secret" not in safe_url("postgresql+psycopg://reader:secret@db/shop")
     with pytest.raises(ConfigError, match="need a database URL"):
         open_source(str(tmp_path), table="products")
 
@@ -345,6 +357,7 @@ def postgres_url():
                 time.sleep(0.2)
         yield url
     finally:
+        dispose_engines()  # imgfeat's pooled connections, before their server goes
         server.terminate()
         server.wait(timeout=30)
         shutil.rmtree(folder, ignore_errors=True)

@@ -17,6 +17,7 @@ the stdlib sqlite3 alone would need a second one for every other server.
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import time
@@ -48,6 +49,16 @@ def engine(url: str) -> Any:
         if key not in _ENGINES:
             _ENGINES[key] = _sqlalchemy().create_engine(url)
         return _ENGINES[key]
+
+
+@atexit.register
+def dispose_engines() -> None:
+    """Close this process's pooled database connections (at exit, or before a server stops)."""
+    with _LOCK:
+        engines = list(_ENGINES.values())
+        _ENGINES.clear()
+    for each in engines:
+        each.dispose()
 
 
 def is_sql(request: SourceRequest) -> bool:
@@ -119,6 +130,20 @@ class SqlSource(ListedSource):
             else:
                 results.append(ReadResult(item, content=bytes(content)))
         return results
+
+
+class SqlPathSource(FileSource):
+    """Paths or URLs from a column; a row whose path is NULL is an error row (listed last)."""
+
+    kind = "sql-paths"
+
+    def __init__(self, uris: list[str], description: dict[str, Any], ids: dict[str, str], missing: list[Item]):
+        super().__init__(uris, description, ids=ids)
+        self._items = self._items + missing
+
+    def read(self, items: Sequence[Item], max_bytes: int, retry: Retry = NO_RETRY) -> list[ReadResult]:
+        return [ReadResult(i, error="read-error: null path") if i.ref is None else super(SqlPathSource, self).read(
+            [i], max_bytes, retry)[0] for i in items]
 
 
 def _python_type(column_type: Any) -> Any:
@@ -194,9 +219,11 @@ def open_sql(request: SourceRequest) -> Source:
         by_uri = dict(zip(uris, (str(r[0]) for r in rows if r[1] is not None)))
         if len(by_uri) != len(uris):
             raise SourceError(f"{where}: a path appears in two rows; each input needs one id")
-        return FileSource(uris, dict(description, kind="sql-paths"), ids=by_uri)
+        missing = [Item(i, f"null path: {request.table or 'query'}/{id_column}={i}", None)
+                   for i, r in zip(ids, rows) if r[1] is None]
+        return SqlPathSource(uris, dict(description, kind="sql-paths"), by_uri, missing)
     items = [Item(i, f"{where}#{request.table or 'query'}/{id_column}={i}", r[0]) for i, r in zip(ids, rows)]
     return SqlSource(url, request.table, request.query, id_column, content, items, description)
 
 
-__all__ = ["SqlSource", "is_sql", "open_sql", "safe_url"]
+__all__ = ["SqlPathSource", "SqlSource", "dispose_engines", "is_sql", "open_sql", "safe_url"]
