@@ -211,6 +211,8 @@ def test_webdataset_repeated_keys_need_shard_ids_and_streams_from_memory(shards,
             fs.pipe(f"/wds14/shard-{s:03d}.tar", (shards / f"shard-{s:03d}.tar").read_bytes())
         remote = open_source("memory://wds14/shard-{000..002}.tar")
         results = remote.reader().read(remote.list(), max_bytes=1 << 20)
+        assert [i.id for i in open_source("webdataset:memory://wds14/").list()] == [i.id for i in remote.list()]
+        assert open_source("memory://wds14/").describe()["kind"] == "folder"  # remote: only when asked
         local = open_source(str(shards / "shard-{000..002}.tar"))
         assert [(r.item.id, r.content, r.error) for r in results] == [
             (r.item.id, r.content, r.error) for r in local.reader().read(local.list(), max_bytes=1 << 20)]
@@ -269,7 +271,8 @@ def _check_sql(url: str, tmp_path: Path) -> None:
     results = shoes.reader().read(shoes.list(), max_bytes=1 << 20)
     assert [(r.item.id, r.content) for r in results[:2]] == [("sku-01", images[1]), ("sku-03", images[3])]
     paths = open_source(url, table="products", path_column="url", id_column="sku")
-    assert paths.describe()["kind"] == "sql-paths" and {i.id for i in paths.list()} == {f"sku-{i:02d}" for i in range(6)}
+    assert paths.describe()["kind"] == "sql-paths"
+    assert {i.id for i in paths.list()} == {f"sku-{i:02d}" for i in range(6)}
     engine = sqlalchemy.create_engine(url)
     with engine.begin() as conn:
         conn.execute(sqlalchemy.text("UPDATE products SET url = NULL WHERE sku = 'sku-01'"))

@@ -13,7 +13,7 @@ EPILOG_EXTRACT = """\
 SOURCE may be a folder (recursive), a glob ('photos/**/*.jpg', quoted), a list file
 (.txt one path per line, .csv with a path column), a Parquet file or folder (binary or
 path column), a tar/zip archive or its members ('tar://**/*.jpg::photos.tar'), WebDataset
-shards ('shards/{000..009}.tar', webdataset:SPEC, a folder of only .tar files), a SQL
+shards ('shards/{000..009}.tar', webdataset:SPEC, a local folder of only .tar files), a SQL
 database URL with --table or --query, or any fsspec URL (s3://, gs://, memory://) of those.
 
 examples:

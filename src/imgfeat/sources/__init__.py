@@ -7,7 +7,7 @@ them into bytes. Listing happens once, in the driver; reading happens in the wor
 
 Kinds, tried in the order of `SOURCE_KINDS` (the first that accepts the spec opens it):
     sql        sqlite:///shop.db, postgresql+psycopg://host/db with --table or --query (sql.py)
-    webdataset webdataset:SPEC, shards/{000..009}.tar, a folder of only .tar files (archives.py)
+    webdataset webdataset:SPEC, shards/{000..009}.tar, a local folder of only .tar (archives.py)
     archive    tar://PATTERN::photos.tar, zip://PATTERN::s3://b/a.zip, photos.tar, photos.zip
     glob       photos/**/*.jpg, memory://imgs/*.png
     parquet    a Parquet file or a folder of them, with a binary content column or a path column
@@ -188,8 +188,8 @@ def open_source(spec: str | os.PathLike, *, include: str | None = None, content_
     if kind.must_exist and not has_magic(request.spec) and not request.probe()[2]:
         raise SourceError(f"input not found: {request.spec}")
     if id_column and kind.name not in ("parquet", "list", "sql", "webdataset"):
-        raise ConfigError(f"--id-column applies to tables (Parquet, .csv/.tsv lists, SQL) and WebDataset; {request.spec} "
-                          f"is a {kind.name}")
+        raise ConfigError(f"--id-column applies to tables (Parquet, .csv/.tsv lists, SQL) and WebDataset; "
+                          f"{request.spec} is a {kind.name}")
     source = kind.open(request)
     if isinstance(source, FileSource):  # its URIs are read through fsspec
         check_protocols(source)

@@ -4,7 +4,7 @@
                                                       syntax; ARCHIVE is any path or URL)
     photos.tar, photos.tgz, photos.zip               every member of one archive
     webdataset:SPEC, shards/{000..009}.tar,          WebDataset shards: one row per sample (its
-    a folder holding only .tar files                 image member), id = the sample's __key__
+    a local folder holding only .tar files           image member), id = the sample's __key__
 
 The driver lists each archive once (tar headers with their data offsets; a zip's central
 directory). A worker's `read(items)` opens each archive once per batch and reads the batch's
@@ -247,6 +247,10 @@ def expand_braces(spec: str) -> list[str]:
 
 
 def _is_tar_folder(request: SourceRequest) -> bool:
+    """A local folder whose top level holds only .tar files (a remote folder is not looked into:
+    listing an object-store prefix costs a full listing; say webdataset:URL there)."""
+    if local_spec(request.spec) is None:
+        return False
     try:
         fs, path, _, is_dir = request.probe()
     except SourceError:  # not for this kind to report: a later kind (or the registry) will
@@ -254,7 +258,8 @@ def _is_tar_folder(request: SourceRequest) -> bool:
     if not is_dir:
         return False
     # one level only (shards lie side by side): a photo folder must not be walked twice
-    entries = [e for e in fs.ls(path, detail=True) if not os.path.basename(e["name"].rstrip("/")).startswith((".", "_"))]
+    entries = [e for e in fs.ls(path, detail=True)
+               if not os.path.basename(e["name"].rstrip("/")).startswith((".", "_"))]
     return bool(entries) and all(e["type"] == "file" and e["name"].lower().endswith(TAR_SUFFIXES) for e in entries)
 
 
