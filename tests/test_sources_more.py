@@ -133,6 +133,9 @@ def test_archive_on_an_fsspec_store_and_bad_archives(members, tmp_path):
         open_source(str(tmp_path / "fake.tar"))
     with pytest.raises(SourceError, match="not found"):
         open_source(f"tar://**::{tmp_path / 'missing.tar'}")
+    for spec in ("tar://**::nope://b/x.tar", "zip://*.jpg::nope://b/x.zip", "webdataset:nope://b/{0..1}.tar"):
+        with pytest.raises(SourceError, match="Protocol not known: nope"):
+            open_source(spec)
 
 
 def test_truncated_tar_member_is_an_error_row(members, tmp_path):

@@ -85,6 +85,10 @@ def tar_members(archive: str) -> Iterator[tuple[str, int, int]]:
         raise SourceError(f"archive not found: {archive}") from exc
     except tarfile.TarError as exc:
         raise SourceError(f"{archive} is not a readable tar archive ({exc})") from exc
+    except (ImportError, ValueError) as exc:  # a protocol this machine cannot read
+        raise SourceError(f"cannot read {archive}: {exc}") from exc
+    except OSError as exc:  # a store's client error while listing: one clear line
+        raise SourceError(f"cannot read {archive}: {classify(exc).reason}") from exc
 
 
 def zip_members(archive: str) -> list[tuple[str, int, int]]:
@@ -97,6 +101,10 @@ def zip_members(archive: str) -> list[tuple[str, int, int]]:
         raise SourceError(f"archive not found: {archive}") from exc
     except zipfile.BadZipFile as exc:
         raise SourceError(f"{archive} is not a readable zip archive ({exc})") from exc
+    except (ImportError, ValueError) as exc:
+        raise SourceError(f"cannot read {archive}: {exc}") from exc
+    except OSError as exc:
+        raise SourceError(f"cannot read {archive}: {classify(exc).reason}") from exc
 
 
 class ArchiveSource(ListedSource):
@@ -213,6 +221,8 @@ def open_archive(request: SourceRequest) -> Source:
                 matched = {p.strip("/") for p in fs.glob(path)} if has_magic(path) else {path.strip("/")}
             except FileNotFoundError as exc:
                 raise SourceError(f"archive not found: {archive}") from exc
+            except (ImportError, ValueError) as exc:
+                raise SourceError(f"cannot read {spec}: {exc}") from exc
     else:
         archive, pattern, matched = _archive_path(spec), "**", None
     members = [m for m in _members(archive) if matched is None or m[0].strip("/") in matched]
@@ -281,7 +291,10 @@ def shard_list(spec: str) -> list[str]:
 
     shards: list[str] = []
     for name in expand_braces(spec):
-        fs, path = url_to_fs(name)
+        try:
+            fs, path = url_to_fs(name)
+        except (ImportError, ValueError) as exc:  # a protocol this machine cannot read
+            raise SourceError(f"cannot read {name}: {exc}") from exc
         protocol = name.split("://", 1)[0] if is_url(name) else "file"
 
         def uri(p: str) -> str:
