@@ -196,6 +196,8 @@ def test_webdataset_is_asked_for_by_prefix_folder_or_braces(shards, tmp_path):
     assert [i.id for i in open_source(f"webdataset:{shards}/*.tar").list()] == keys
     assert [i.id for i in open_source(f"webdataset:{shards / 'shard-001.tar'}").list()] == ["s1k0", "s1k1", "s1k2"]
     assert open_source(str(shards)).describe()["kind"] == "webdataset"
+    with pytest.raises(ConfigError, match="overlaps"):  # features beside the shards would end the detection
+        imgfeat.extract(str(shards), shards / "features", **FAST_MODELS)
     assert expand_braces("a-{08..10}-{x,y}.tar") == ["a-08-x.tar", "a-08-y.tar", "a-09-x.tar", "a-09-y.tar",
                                                      "a-10-x.tar", "a-10-y.tar"]
     with pytest.raises(SourceError, match="shard not found"):

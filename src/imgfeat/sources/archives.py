@@ -359,4 +359,8 @@ def open_webdataset(request: SourceRequest) -> Source:
         raise SourceError(f"{spec}: sample keys repeat (across shards?); use --id-column '__shard__/__key__'")
     if not items:
         raise SourceError(f"{spec}: the shards hold no samples")
-    return ArchiveSource(items, {"kind": "webdataset", "shards": spec, "id": id_rule})
+    description = {"kind": "webdataset", "shards": spec, "id": id_rule}
+    local = local_spec(spec)
+    if local is not None and os.path.isdir(local):
+        description["root"] = spec  # an output inside the shards' folder is refused (check_output_apart)
+    return ArchiveSource(items, description)
