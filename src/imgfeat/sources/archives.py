@@ -21,6 +21,7 @@ import itertools
 import os
 import re
 import tarfile
+import time
 from typing import Any, Iterator, Sequence
 
 import fsspec
@@ -63,8 +64,6 @@ def _open_retried(archive: str, retry: Retry) -> Any:
             delay = next(delays, None)
             if failure.kind not in RETRYABLE or delay is None:
                 raise failure from exc
-            import time
-
             time.sleep(delay)
 
 
