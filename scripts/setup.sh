@@ -29,4 +29,11 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
     apt-get update
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver
 fi
+# The PostgreSQL source test starts a throwaway server on loopback from Debian's postgresql
+# package (initdb + postgres as the "postgres" user). Same guard: root, apt-get, missing.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+        && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql
+fi
 touch .venv/.setup-done

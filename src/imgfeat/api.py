@@ -30,12 +30,14 @@ def extract(source: str | os.PathLike | Source, output: str | os.PathLike, *,
             config: PipelineConfig | None = None, engine: str = "local",
             include: str | None = None, content_column: str | None = None,
             path_column: str | None = None, id_column: str | None = None,
+            table: str | None = None, query: str | None = None,
             on_progress: Callable[[int, int, int], None] | None = None,
             engine_options: dict[str, Any] | None = None, **options: Any) -> RunReport:
     """Extract features of every image in `source` into a Parquet dataset at `output`.
 
     Args:
-        source: folder, glob, list file, Parquet file/folder, fsspec URL, or an opened Source.
+        source: folder, glob, list file, Parquet file/folder, tar/zip archive, WebDataset shards,
+            SQL database URL (with table or query), fsspec URL, or an opened Source.
         output: folder or fsspec URL; rerunning the same call resumes it.
         config: a full PipelineConfig; or give flat options instead, e.g. `batch_size=16`,
             `detector="none"`, `embedder="onnx:my.onnx"`, `workers=2`, `limit=100`,
@@ -43,6 +45,7 @@ def extract(source: str | os.PathLike | Source, output: str | os.PathLike, *,
         engine: "local" (default), or a distributed engine registered in imgfeat.runners.
         engine_options: passed to the engine's runner (e.g. {"master": "local[4]"}).
         include, content_column, path_column, id_column: how to read the source.
+        table, query: for a SQL database URL source: the table or SELECT to read.
         on_progress: callback(images_done_in_batch, errors_so_far, images_to_do).
 
     Returns:
@@ -59,7 +62,7 @@ def extract(source: str | os.PathLike | Source, output: str | os.PathLike, *,
     runner = get_runner(engine)
     if not isinstance(source, Source):
         source = open_source(os.fspath(source), include=include, content_column=content_column,
-                             path_column=path_column, id_column=id_column)
+                             path_column=path_column, id_column=id_column, table=table, query=query)
     check_output_apart(source, os.fspath(output))
     check_writable_location(os.fspath(output))
     bar = None

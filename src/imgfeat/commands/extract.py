@@ -12,13 +12,17 @@ from ..config import (
 EPILOG_EXTRACT = """\
 SOURCE may be a folder (recursive), a glob ('photos/**/*.jpg', quoted), a list file
 (.txt one path per line, .csv with a path column), a Parquet file or folder (binary or
-path column), or any fsspec URL (s3://, gs://, memory://) of those.
+path column), a tar/zip archive or its members ('tar://**/*.jpg::photos.tar'), WebDataset
+shards ('shards/{000..009}.tar', webdataset:SPEC, a local folder of only .tar files), a SQL
+database URL with --table or --query, or any fsspec URL (s3://, gs://, memory://) of those.
 
 examples:
   imgfeat extract photos/ -o features/
   imgfeat extract 'photos/**/*.jpg' -o features/ --workers 2 --streams 3
   imgfeat extract listing.parquet --content-column image -o features/
   imgfeat extract photos/ -o features/ --no-detect --dtype float16
+  imgfeat extract 'shards/{000..009}.tar' -o features/
+  imgfeat extract sqlite:///shop.db --table products --content-column image --id-column sku -o features/
 
 Rerunning the same command resumes: complete shards are skipped. Bad images become rows
 with status 'error' and a reason; they never stop the run.
@@ -31,13 +35,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Detect the main object of every image, crop it, embed it and "
                                    "write one row per input to a Parquet dataset.",
                        epilog=EPILOG_EXTRACT, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", help="folder, glob, list file, Parquet, or fsspec URL")
+    p.add_argument("source", help="folder, glob, list file, Parquet, tar/zip, WebDataset shards, SQL URL, "
+                                  "or fsspec URL")
     p.add_argument("-o", "--output", required=True, help="output folder or URL (Parquet shards)")
     g = p.add_argument_group("input")
     g.add_argument("--include", help="file-name patterns to keep, comma-separated ('*.jpg,*.png')")
     g.add_argument("--content-column", help="binary column holding image bytes (tables)")
     g.add_argument("--path-column", help="column holding paths or URLs (tables, CSV)")
-    g.add_argument("--id-column", help="column holding your own ids (tables)")
+    g.add_argument("--id-column", help="column holding your own ids (tables, SQL); WebDataset: __key__ "
+                                       "(default) or __shard__/__key__")
+    g.add_argument("--table", help="SQL source (sqlite:///x.db, postgresql+psycopg://...): the table to read")
+    g.add_argument("--query", help="SQL source: a SELECT giving the id and image (or path) columns")
     g.add_argument("--limit", type=int, default=0, help="process only the first N inputs")
     g.add_argument("--max-pixels", type=int, default=d_dec.max_pixels,
                    help=f"refuse images with more pixels (decompression bombs; default {d_dec.max_pixels})")
@@ -121,7 +129,8 @@ def _extract(args: argparse.Namespace) -> int:
     engine_options = {k: v for k, v in (("master", args.master), ("address", args.address), ("runner", args.runner),
                                         ("pipeline_args", args.beam_option)) if v}
     report = extract(args.source, args.output, include=args.include, content_column=args.content_column,
-                     path_column=args.path_column, id_column=args.id_column, engine=args.engine,
+                     path_column=args.path_column, id_column=args.id_column, table=args.table,
+                     query=args.query, engine=args.engine,
                      engine_options=engine_options, **options)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))

@@ -6,6 +6,9 @@ them into bytes. Listing happens once, in the driver; reading happens in the wor
 `source.reader()` (the same source without its listing, small to ship).
 
 Kinds, tried in the order of `SOURCE_KINDS` (the first that accepts the spec opens it):
+    sql        sqlite:///shop.db, postgresql+psycopg://host/db with --table or --query (sql.py)
+    webdataset webdataset:SPEC, shards/{000..009}.tar, a local folder of only .tar (archives.py)
+    archive    tar://PATTERN::photos.tar, zip://PATTERN::s3://b/a.zip, photos.tar, photos.zip
     glob       photos/**/*.jpg, memory://imgs/*.png
     parquet    a Parquet file or a folder of them, with a binary content column or a path column
     folder     recursive, local or fsspec URL: photos/, s3://bucket/photos/
@@ -41,7 +44,9 @@ from .base import (
     read_one,
     stable_id,
 )
+from .archives import ArchiveSource, is_archive, is_webdataset, open_archive, open_webdataset
 from .files import FileSource, open_file, open_folder, open_glob, open_list
+from .sql import SqlSource, is_sql, open_sql
 from .tables import ParquetSource, is_parquet, open_parquet
 
 
@@ -63,6 +68,15 @@ def register_source(kind: SourceKind, before: str | None = None) -> SourceKind:
     names = [k.name for k in SOURCE_KINDS]
     SOURCE_KINDS.insert(names.index(before) if before in names else len(SOURCE_KINDS), kind)
     return kind
+
+
+register_source(SourceKind("sql", is_sql, open_sql, must_exist=False))
+
+
+register_source(SourceKind("webdataset", is_webdataset, open_webdataset, must_exist=False))
+
+
+register_source(SourceKind("archive", is_archive, open_archive, must_exist=False))
 
 
 register_source(SourceKind("glob", lambda r: has_magic(r.spec), open_glob, must_exist=False))
@@ -150,7 +164,8 @@ def check_output_apart(source: Source, output: str) -> None:
 
 
 def open_source(spec: str | os.PathLike, *, include: str | None = None, content_column: str | None = None,
-                path_column: str | None = None, id_column: str | None = None) -> Source:
+                path_column: str | None = None, id_column: str | None = None, table: str | None = None,
+                query: str | None = None) -> Source:
     """Open an input spec and return its Source.
 
     Args:
@@ -158,20 +173,23 @@ def open_source(spec: str | os.PathLike, *, include: str | None = None, content_
             fsspec URL of any of these.
         include: comma-separated file-name patterns to keep in folders and globs ("*.jpg,*.png").
         content_column / path_column / id_column: for tables and CSV lists; found
-            automatically when omitted (ids default to the SHA-1 of the URI).
+            automatically when omitted (ids default to the SHA-1 of the URI). For WebDataset
+            shards id_column is "__key__" (default) or "__shard__/__key__".
+        table / query: for a SQL database URL (sqlite:///x.db, postgresql+psycopg://...): the
+            table, or a SELECT, to read rows from.
 
     Raises:
         SourceError: the spec does not exist or cannot be listed, or its inputs need a
             package that is not installed.
         ConfigError: a table lacks the columns asked for, or an option does not apply.
     """
-    request = SourceRequest(os.fspath(spec), include, content_column, path_column, id_column)
+    request = SourceRequest(os.fspath(spec), include, content_column, path_column, id_column, table, query)
     kind = next(k for k in SOURCE_KINDS if k.accepts(request))
     if kind.must_exist and not has_magic(request.spec) and not request.probe()[2]:
         raise SourceError(f"input not found: {request.spec}")
-    if id_column and kind.name not in ("parquet", "list"):
-        raise ConfigError(f"--id-column applies to tables (Parquet, .csv/.tsv lists); {request.spec} "
-                          f"is a {kind.name}")
+    if id_column and kind.name not in ("parquet", "list", "sql", "webdataset"):
+        raise ConfigError(f"--id-column applies to tables (Parquet, .csv/.tsv lists, SQL) and WebDataset; "
+                          f"{request.spec} is a {kind.name}")
     source = kind.open(request)
     if isinstance(source, FileSource):  # its URIs are read through fsspec
         check_protocols(source)
@@ -179,7 +197,8 @@ def open_source(spec: str | os.PathLike, *, include: str | None = None, content_
 
 
 __all__ = [
-    "LIST_SUFFIXES", "PARQUET_SUFFIXES", "PATH_COLUMN_NAMES", "SOURCE_KINDS", "FileSource", "Item", "ListedSource",
+    "LIST_SUFFIXES", "PARQUET_SUFFIXES", "PATH_COLUMN_NAMES", "SOURCE_KINDS", "ArchiveSource", "FileSource", "Item",
+    "ListedSource", "SqlSource",
     "ParquetSource", "ReadResult", "Source", "SourceKind", "SourceRequest", "check_output_apart", "check_protocols",
     "open_source", "read_one", "register_source", "stable_id",
 ]

@@ -105,6 +105,8 @@ class SourceRequest:
     content_column: str | None = None
     path_column: str | None = None
     id_column: str | None = None
+    table: str | None = None  # SQL sources: a table name, or
+    query: str | None = None  # a SELECT
     _probe: tuple[Any, str, bool, bool] | None = field(default=None, repr=False)
 
     @property

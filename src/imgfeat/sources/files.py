@@ -52,8 +52,17 @@ class FileSource(ListedSource):
         return [read_one(item, functools.partial(read_bytes, item.ref, max_bytes, retry)) for item in items]
 
 
-def protocol_uri(protocol: str, path: str) -> str:
-    return f"memory://{path}" if protocol == "memory" else f"{protocol}://{path.lstrip('/')}"
+def protocol_uri(protocol: str, path: str, chain: str = "") -> str:
+    """The URL of `path` on `protocol`; `chain` ("::outer://...") keeps an fsspec chain."""
+    return (f"memory://{path}" if protocol == "memory" else f"{protocol}://{path.lstrip('/')}") + chain
+
+
+def split_chain(spec: str) -> tuple[str, str]:
+    """(protocol, "::rest" or "") of "proto://path::rest": URIs built from the first link must keep
+    the rest of the chain (tar://member::photos.tar is a member; tar://member alone is nothing)."""
+    protocol, _, rest = spec.partition("://")
+    _, sep, chain = rest.partition("::")
+    return protocol, f"::{chain}" if sep else ""
 
 
 def _walk_local(root: str) -> list[str]:
@@ -82,8 +91,8 @@ def open_folder(request: SourceRequest) -> Source:
             found = fs.find(root)
         except Exception as exc:
             raise SourceError(f"cannot list {spec}: {classify(exc).reason}") from exc
-        protocol = spec.split("://", 1)[0]
-        uris = [protocol_uri(protocol, p) for p in found if not os.path.basename(p).startswith(".")]
+        protocol, chain = split_chain(spec)
+        uris = [protocol_uri(protocol, p, chain) for p in found if not os.path.basename(p).startswith(".")]
     else:
         uris = _walk_local(os.path.abspath(local))
     return FileSource(filter_names(uris, request.include), {"kind": "folder", "root": spec, "include": request.include})
@@ -98,8 +107,8 @@ def open_glob(request: SourceRequest) -> Source:
             found = fs.glob(pattern)
         except Exception as exc:
             raise SourceError(f"cannot glob {spec}: {classify(exc).reason}") from exc
-        protocol = spec.split("://", 1)[0]
-        uris = [protocol_uri(protocol, p) for p in found if not fs.isdir(p)]
+        protocol, chain = split_chain(spec)
+        uris = [protocol_uri(protocol, p, chain) for p in found if not fs.isdir(p)]
     else:
         import glob as _glob
 
