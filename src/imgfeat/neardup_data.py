@@ -143,7 +143,7 @@ class PipelineEmbedder:
                                                   progress=False)
         self.features = Features(self.config)
         self.batch_size = batch_size
-        self.dim = self.features.embedder.dim
+        self.dim = self.features.dim
 
     def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         from .stages import ImageBatch
