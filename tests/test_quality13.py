@@ -220,3 +220,33 @@ def test_gem_onnx_export_matches_torch_at_two_sizes(tmp_path):
         with torch.no_grad():
             average = model.forward_features(torch.from_numpy(images)).numpy()
         assert np.abs(got - average).max() > 1e-2  # it is not the average pooling
+
+
+# ---------------------------------------------------------------- the benchmark's new options
+
+def test_eval_scores_whitened_and_flipped_vectors(tmp_path):
+    from conftest import PHOTOS
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("dog.jpg", "horses.jpg"):
+        (photos / name).write_bytes((PHOTOS / name).read_bytes())
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        field = rng.random((6, 8, 3)) * 255
+        Image.fromarray(field.astype(np.uint8)).resize((320, 240), Image.Resampling.BICUBIC).save(
+            photos / f"field{i}.png")
+    out = tmp_path / "results.json"
+    assert main(["eval", "neardup", "--photos", str(photos), "--detector", "test-blob", "--embedder", "test-tiny",
+                 "--bits", "64", "--methods", "rproj", "--perceptual", "", "--distractors", "1",
+                 "--train-crops", "4", "--views", "3", "--embed-flip", "--whiten", "8,16,64",
+                 "--json-out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["models"]["embedder"] == "test-tiny+flip"
+    assert report["settings"]["whiten_dims"] == [8, 16, 64] and report["settings"]["flip"] is True
+    # 2 training photos x 4 crops x (1 + 3 views) = 32 vectors per fold: 64 dims cannot be fitted
+    assert {"pcaw-64", "pca-64"} <= set(report["skipped"])
+    for key in ("pcaw-8", "pca-8", "pcaw-16", "pca-16"):
+        result = report["results"][key]
+        assert result["bits"] == 32 * int(key.split("-")[1])
+        assert 0.0 < result["map"] <= 1.0 and result["map"] >= result["top1"] - 1e-9
