@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import imgfeat
 from imgfeat import extract
 from imgfeat.cli import main
 from imgfeat.config import PipelineConfig
@@ -140,6 +141,9 @@ def test_train_whiten_then_extract_whitened(varied_folder, tmp_path, capsys):
         index.add(whitened)
     with pytest.raises(ConfigError, match="embedder"):
         FeatureIndex.build(whitened).add(plain)
+    # queries are whitened the way the index's features were (the config carries the file)
+    hits = imgfeat.search(FeatureIndex.build(whitened, vector="image"), [str(varied_folder / "img03.png")], k=1)
+    assert hits["path"].iloc[0].endswith("img03.png") and hits["score"].iloc[0] > 0.999
     # nor is a whitening fitted on whitened features
     with pytest.raises(ConfigError, match="already whitened"):
         train_whiten(whitened, tmp_path / "again.npz", dim=4)
