@@ -225,6 +225,18 @@ def test_gem_onnx_export_matches_torch_at_two_sizes(tmp_path):
             average = model.forward_features(torch.from_numpy(images)).numpy()
         assert np.abs(got - average).max() > 1e-2  # it is not the average pooling
 
+    # the free input size serves the multi-scale views: 224 and 160 px, averaged
+    from imgfeat.models.embedders import OnnxEmbedder
+    from imgfeat.models.preprocess import InputSpec, to_tensor
+
+    embedder = OnnxEmbedder(path, spec=InputSpec(size=(224, 224)), runtime="onnxruntime")
+    views = MultiViewEmbedder(embedder, scales=(1.0, 0.71))
+    assert views.specs[1].size == (160, 160) and views.name.endswith("+s1,0.71")
+    crops = [rng.integers(0, 255, (180, 240, 3), dtype=np.uint8) for _ in range(2)]
+    small = embedder.model.run(to_tensor(crops, views.specs[1]))[0]
+    expected = embedder(crops) + small / np.linalg.norm(small, axis=1, keepdims=True)
+    np.testing.assert_allclose(views(crops), expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-5)
+
 
 # ---------------------------------------------------------------- the benchmark's new options
 
