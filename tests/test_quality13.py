@@ -266,3 +266,13 @@ def test_eval_scores_whitened_and_flipped_vectors(tmp_path):
         result = report["results"][key]
         assert result["bits"] == 32 * int(key.split("-")[1])
         assert 0.0 < result["map"] <= 1.0 and result["map"] >= result["top1"] - 1e-9
+
+
+def test_cli_records_the_whitening_file_as_an_absolute_path(varied_folder, tmp_path, monkeypatch):
+    whiten_file = save_whitening(tmp_path / "w.npz", fit_whitening(_correlated(100, 64), 4))
+    monkeypatch.chdir(tmp_path)
+    assert main(["extract", str(varied_folder), "-o", "out", "--detector", "test-blob", "--embedder", "test-tiny",
+                 "--whiten", "w.npz", "--limit", "3", "--no-progress"]) == 0
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert manifest["config"]["embed"]["whiten"] == str(whiten_file.resolve())
+    assert open_features(tmp_path / "out").dim == 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from ..config import (
     DEFAULT_BATCH_SIZES, DecodeConfig, DetectConfig, EmbedConfig, RunConfig, default_streams, default_workers,
@@ -120,7 +121,8 @@ def _extract(args: argparse.Namespace) -> int:
         detector="none" if args.no_detect else args.detector, embedder=args.embedder,
         score_threshold=args.score_threshold, select=args.select, margin=args.margin,
         dtype=args.dtype, whole_image=not args.no_image_vector, code_bits=args.code_bits, hasher=args.hash, batch_size=args.batch_size,
-        whiten=args.whiten, scales=args.embed_scales, flip=args.embed_flip,
+        # an absolute path: search and serve read it again from the manifest, from anywhere
+        whiten=os.path.abspath(args.whiten) if args.whiten else None, scales=args.embed_scales, flip=args.embed_flip,
         workers=args.workers, streams=args.streams, threads=args.threads, device=args.device, runtime=args.runtime,
         precision=args.precision,
         shard_size=args.shard_size, limit=args.limit, overwrite=args.overwrite,
