@@ -93,6 +93,11 @@ class EmbedConfig:
         whole_image: also store the whole image's vector and code (`image_embedding`,
             `image_code`) beside the main object's: the one near-duplicate search and dedup
             use. Costs one more embedder input per image whose main object was cropped.
+        scales: input-size factors whose vectors are averaged per crop, e.g. (1, 0.71);
+            factors other than 1 need an embedder with a free input size ("mobilenet-v2-gem").
+        flip: also average each view's mirror image (2x the embedder's work).
+        whiten: path of a whitening file from `imgfeat train-whiten` applied to every vector
+            before hashing (the vectors shrink to its dimension), or None.
     """
 
     model: str = "mobilenet-v2"
@@ -102,8 +107,14 @@ class EmbedConfig:
     seed: int = 0
     batch_size: int = 0
     whole_image: bool = True
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    whiten: str | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        if not self.scales or any(not 0.1 <= s <= 4.0 for s in self.scales):
+            raise ConfigError(f"embedder scales must be between 0.1 and 4, got {list(self.scales)}")
         if self.dtype not in ("float32", "float16"):
             raise ConfigError(f"dtype must be 'float32' or 'float16', got {self.dtype!r}")
         if self.code_bits <= 0 or self.code_bits % 8:

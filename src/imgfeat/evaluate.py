@@ -66,6 +66,11 @@ class EvalSettings:
             (0.9 here, as the object vectors' benchmark was first measured; `imgfeat dedup`
             defaults to 0.85 on whole-image vectors); floats call pairs with cosine >= it duplicates.
         seed: seed of everything random.
+        scales, flip: embedder views averaged per crop (EmbedConfig.scales / flip).
+        whiten_dims: also score the float vectors PCA-whitened to each of these sizes, the
+            whitening fitted per fold on the other photos' training crops and views (like the
+            learned codes), as "pcaw-<dim>"; and plain PCA to that size as "pca-<dim>".
+        whiten_power: the whitening's variance exponent (whitening.fit_whitening).
     """
 
     photos: str = "samples"
@@ -81,6 +86,10 @@ class EvalSettings:
     threshold: float = 0.9
     seed: int = 0
     deepbit_epochs: int = 200
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    whiten_dims: tuple[int, ...] = ()
+    whiten_power: float = 0.5
 
     def __post_init__(self) -> None:
         unknown = set(self.methods) - set(CODE_METHODS)
@@ -141,6 +150,26 @@ def _training_set(photos: list[np.ndarray], encoder: PipelineEmbedder, crops_per
     return embeddings, view_vectors
 
 
+def _whitened_distances(settings: EvalSettings, train_vectors: np.ndarray, train_views: np.ndarray,
+                        queries: np.ndarray, database: np.ndarray, query_rows: np.ndarray, query_count: int,
+                        distances_by_key: dict[str, np.ndarray], skipped: dict[str, str]) -> None:
+    """One fold's cosine distances after PCA-whitening / PCA fitted on that fold's training
+    vectors (the originals and their views: no query photo among them)."""
+    from .whitening import fit_whitening
+
+    sample = np.concatenate([train_vectors, train_views.reshape(-1, train_vectors.shape[1])])
+    for dim in settings.whiten_dims:
+        for kind, power in (("pcaw", settings.whiten_power), ("pca", 0.0)):
+            key = f"{kind}-{dim}"
+            try:
+                whitening = fit_whitening(sample, dim, power)
+            except ConfigError as exc:  # e.g. too few training vectors for dim: report, run the rest
+                skipped[key] = str(exc)
+                continue
+            distances_by_key.setdefault(key, np.zeros((query_count, len(database)), np.float32))[query_rows] = \
+                cosine_distances(whitening(queries), whitening(database))
+
+
 def run_neardup(settings: EvalSettings, log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
     """Build the benchmark, encode it with every method, and score them side by side.
 
@@ -165,10 +194,11 @@ def run_neardup(settings: EvalSettings, log: Callable[[str], None] = lambda mess
     names, photos = load_photos(settings.photos)
     if settings.folds > len(photos):
         raise ConfigError(f"folds ({settings.folds}) must not exceed the number of photos ({len(photos)})")
-    encoder = PipelineEmbedder(settings.detector, settings.embedder)
+    encoder = PipelineEmbedder(settings.detector, settings.embedder, scales=settings.scales, flip=settings.flip)
     # distractors avoid each photo's main object, found by the eval's detector (the default one
-    # when detection is off, so both variants get the same benchmark)
-    locator = encoder if settings.detector != "none" else PipelineEmbedder(DetectConfig().model, settings.embedder)
+    # when detection is off, so both variants get the same benchmark; only its boxes are used,
+    # so the tiny test embedder spares an embedding pass)
+    locator = encoder if settings.detector != "none" else PipelineEmbedder(DetectConfig().model, "test-tiny")
     _, photo_boxes = locator(photos)
     benchmark = build_benchmark(names, photos, settings.distractors_per_photo, settings.seed, list(photo_boxes))
     log(f"benchmark: {len(photos)} photos, {len(benchmark.database)} database items, "
@@ -199,7 +229,7 @@ def run_neardup(settings: EvalSettings, log: Callable[[str], None] = lambda mess
 
     learned = [m for m in settings.methods if m != "rproj"]
     skipped: dict[str, str] = {}
-    if learned:
+    if learned or settings.whiten_dims:
         rng = np.random.default_rng(settings.seed + 1)
         fold_of_photo = rng.permutation(len(photos)) % settings.folds
         distances_by_key: dict[str, np.ndarray] = {}
@@ -212,6 +242,8 @@ def run_neardup(settings: EvalSettings, log: Callable[[str], None] = lambda mess
             log(f"fold {fold + 1}/{settings.folds}: training on {len(train_photos)} photos, "
                 f"{len(train_vectors)} crops x {settings.views} views")
             query_rows = np.flatnonzero(fold_of_photo[benchmark.query_photo] == fold)
+            _whitened_distances(settings, train_vectors, train_views, query_vectors[query_rows], database_vectors,
+                                query_rows, len(benchmark.queries), distances_by_key, skipped)
             t = time.perf_counter()
             for method in learned:
                 for bits in settings.bits:
@@ -229,7 +261,12 @@ def run_neardup(settings: EvalSettings, log: Callable[[str], None] = lambda mess
                                                               np.float32))[query_rows] = fold_distances
             seconds["train_hashes"] = seconds.get("train_hashes", 0.0) + time.perf_counter() - t
         for key, distances in distances_by_key.items():
-            if key not in skipped:
+            if key in skipped:
+                continue
+            if key.startswith("pca"):  # floats: cosine distances, 32 bits a value
+                results[key] = {"bits": 32 * int(key.rsplit("-", 1)[1]),
+                                **_score(distances, benchmark, 1.0 - settings.threshold, settings.seed)}
+            else:
                 results[key] = {"bits": int(key.rsplit("-", 1)[1]),
                                 **_score(distances, benchmark, code_threshold, settings.seed)}
     seconds["total"] = time.perf_counter() - started
@@ -262,7 +299,7 @@ def check_targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                             "met": floats[metric] > perceptual[best][metric]})
     if floats:
         for key, result in results.items():
-            if key.endswith("-256") and not key.startswith("rproj"):
+            if key.endswith("-256") and key.split("-")[0] in CODE_METHODS and not key.startswith("rproj"):
                 gap = floats["map"] - result["map"]
                 targets.append({"target": f"{key} mAP within 3 points of float",
                                 "value": result["map"], "versus": f"float {floats['map']:.3f} (gap {100 * gap:.1f} points)",

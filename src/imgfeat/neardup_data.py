@@ -135,15 +135,16 @@ def build_benchmark(names: list[str], photos: list[np.ndarray], distractors_per_
 class PipelineEmbedder:
     """Images -> (embeddings, boxes) through stages.Features, exactly as `imgfeat extract` runs it."""
 
-    def __init__(self, detector: str, embedder: str, batch_size: int = 16):
+    def __init__(self, detector: str, embedder: str, batch_size: int = 16, scales: tuple[float, ...] = (1.0,),
+                 flip: bool = False):
         from .config import PipelineConfig
         from .stages import Features
 
         self.config = PipelineConfig.from_options(detector=detector, embedder=embedder, workers=0,
-                                                  progress=False)
+                                                  progress=False, scales=scales, flip=flip)
         self.features = Features(self.config)
         self.batch_size = batch_size
-        self.dim = self.features.embedder.dim
+        self.dim = self.features.dim
 
     def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         from .stages import ImageBatch

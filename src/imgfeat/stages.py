@@ -24,11 +24,13 @@ from .config import DecodeConfig, PipelineConfig
 from .crop import crop, expand_box, scale_box, select_main
 from .decode import Decoded, decode_image
 from .models import create_detector, create_embedder, create_hasher
+from .models.embedders import with_views
 from .schema import (
     CROP_FULL_DETECT_OFF, CROP_FULL_NO_DETECTION, CROP_OBJECT, FeatureRows, feature_table, output_schema,
 )
 from .sources import Item, ReadResult, Source
 from .storage import Retry
+from .whitening import load_whitening
 
 
 def error_kind(reason: str) -> str:
@@ -126,14 +128,17 @@ class Features:
         # min_score: the detector may skip what select_main would ignore
         self.detector = (create_detector(config.detect.model, min_score=config.detect.score_threshold, **kwargs)
                          if config.detect.enabled else None)
-        self.embedder = create_embedder(config.embed.model, **kwargs)
-        self.hasher = create_hasher(config.embed.hasher, self.embedder.dim, config.embed.code_bits,
-                                    config.embed.seed)
-        self.schema = output_schema(self.embedder.dim, self.hasher.bits // 8, config.embed.dtype,
-                                    config.embed.whole_image)
+        self.embedder = with_views(create_embedder(config.embed.model, **kwargs), config.embed.scales,
+                                   config.embed.flip)
+        # the stored vectors: the embedder's, or whitened to the whitening's (smaller) size
+        self.whitening = load_whitening(config.embed.whiten, self.embedder.dim) if config.embed.whiten else None
+        self.dim = self.whitening.dim if self.whitening else self.embedder.dim
+        self.hasher = create_hasher(config.embed.hasher, self.dim, config.embed.code_bits, config.embed.seed)
+        self.schema = output_schema(self.dim, self.hasher.bits // 8, config.embed.dtype, config.embed.whole_image)
         self.models = {
             "detector": self.detector.name if self.detector else "none",
-            "embedder": self.embedder.name,
+            # whitened vectors are another embedding: rows and indexes must not mix them
+            "embedder": self.embedder.name + (f"+{self.whitening.name}" if self.whitening else ""),
             "hasher": self.hasher.name,
         }
         self.digests = {
@@ -141,6 +146,8 @@ class Features:
             "embedder": getattr(self.embedder, "digest", None),
             "runtime": getattr(self.embedder, "runtime", None),  # what ran the models, for the manifest
         }
+        if self.whitening:
+            self.digests["whitening"] = self.whitening.digest
         self.timer = StageTimer()
 
     def _label(self, index: float) -> str:
@@ -158,10 +165,11 @@ class Features:
         return out
 
     def embed(self, crops: list[np.ndarray]) -> np.ndarray:
-        """L2-normalised embeddings of the crops, in embedder-sized batches."""
+        """L2-normalised embeddings of the crops (whitened, with a whitening), in embedder-sized batches."""
         size = self.config.embed_batch_size
         parts = [self.embedder(crops[i:i + size]) for i in range(0, len(crops), size)]
-        return np.concatenate(parts) if parts else np.zeros((0, self.embedder.dim), np.float32)
+        vectors = np.concatenate(parts) if parts else np.zeros((0, self.embedder.dim), np.float32)
+        return self.whitening(vectors) if self.whitening else vectors
 
     def hash(self, vectors: np.ndarray) -> np.ndarray:
         """Packed binary codes of embeddings."""

@@ -59,6 +59,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "codes use the matching Hamming fraction acos(T) / pi, perceptual hashes 10/64 "
                         "(imagededup's default)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the benchmark and training")
+    p.add_argument("--embed-scales", type=lambda text: tuple(float(v) for v in text.split(",") if v.strip()),
+                   default=d.scales, help="average vectors at these input-size factors (e.g. 1,0.71; needs "
+                                          "--embedder mobilenet-v2-gem)")
+    p.add_argument("--embed-flip", action="store_true", help="also average each crop's mirror image's vector")
+    p.add_argument("--whiten", type=_ints, default=d.whiten_dims, metavar="DIMS",
+                   help="also score PCA-whitened (pcaw-D) and PCA-reduced (pca-D) floats at these sizes, "
+                        "fitted per fold on the other photos (e.g. 512,256,128)")
+    p.add_argument("--whiten-power", type=float, default=d.whiten_power,
+                   help=f"whitening variance exponent (default {d.whiten_power})")
     p.add_argument("--json-out", help="also write the full results as JSON to this file")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.set_defaults(handler=_eval)
@@ -73,7 +82,8 @@ def _eval(args: argparse.Namespace) -> int:
         photos=args.photos, detector="none" if args.no_detect else args.detector, embedder=args.embedder,
         bits=args.bits, methods=args.methods, perceptual=args.perceptual,
         distractors_per_photo=args.distractors, folds=args.folds, train_crops=args.train_crops,
-        views=args.views, threshold=args.threshold, seed=args.seed, deepbit_epochs=args.epochs)
+        views=args.views, threshold=args.threshold, seed=args.seed, deepbit_epochs=args.epochs,
+        scales=args.embed_scales, flip=args.embed_flip, whiten_dims=args.whiten, whiten_power=args.whiten_power)
     report = run_neardup(settings, log=lambda line: print(line, file=sys.stderr))
     if args.json_out:
         atomic_write(args.json_out, json.dumps(report, indent=2).encode("utf-8"))

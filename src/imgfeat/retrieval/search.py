@@ -129,9 +129,9 @@ def query_features(index: FeatureIndex) -> Features:
         while len(_QUERY_FEATURES) > _KEEP_FEATURES:
             _QUERY_FEATURES.popitem(last=False)
     _QUERY_FEATURES.move_to_end(key)
-    if features.embedder.dim != index.dim:
+    if features.dim != index.dim:
         raise ConfigError(f"the index holds {index.dim}-d vectors but the embedder "
-                          f"{features.models['embedder']!r} gives {features.embedder.dim}-d ones")
+                          f"{features.models['embedder']!r} gives {features.dim}-d ones")
     return features
 
 

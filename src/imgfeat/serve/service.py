@@ -160,9 +160,9 @@ class SearchService:
             self.pipeline = dataclasses.replace(
                 self.pipeline, detect=dataclasses.replace(self.pipeline.detect, model="none"))
         self.features = Features(self.pipeline)
-        if self.features.embedder.dim != index.dim:
+        if self.features.dim != index.dim:
             raise ConfigError(f"the index holds {index.dim}-d vectors but embedder "
-                              f"{self.features.embedder.name!r} makes {self.features.embedder.dim}-d ones")
+                              f"{self.features.embedder.name!r} makes {self.features.dim}-d ones")
         from .groups import DuplicateGroups
 
         self.duplicates = DuplicateGroups(index, groups_path, reviews_path)
@@ -211,7 +211,7 @@ class SearchService:
         table = self.features(batch)
         rows = table.select(["status", "error", "width", "height", "box", "label", "score", "crop",
                              "code"]).to_pylist()
-        embeddings = embedding_matrix(table.column("embedding"), self.features.embedder.dim)
+        embeddings = embedding_matrix(table.column("embedding"), self.features.dim)
         results: list[dict[str, Any]] = []
         for row, embedding in zip(rows, embeddings):
             if row["status"] != "ok":  # decode already passed, so this is the model's refusal

@@ -24,7 +24,7 @@ import time
 from typing import Any, Sequence
 
 from ..errors import ConfigError, MissingExtra, SourceError
-from ..storage import NO_RETRY, ReadFailure, Retry
+from ..storage import NO_RETRY, Retry
 from .base import PATH_COLUMN_NAMES, Item, ListedSource, ReadResult, Source, SourceRequest
 from .files import FileSource
 
