@@ -168,6 +168,8 @@ class RunConfig:
         retry_wait: seconds before the first retry, doubled each time (at most 8 s).
         retry_errors: recompute the rows of a finished output that failed for a transient
             reason (unreachable, timeout), in place; every other row is kept.
+        prune: drop the output's rows whose inputs are no longer in the source (their shards
+            are rewritten); without it such rows are kept.
         progress: show a progress bar (`imgfeat.extract` without `on_progress`, and the CLI).
     """
 
@@ -185,6 +187,7 @@ class RunConfig:
     retries: int = 3
     retry_wait: float = 0.5
     retry_errors: bool = False
+    prune: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
