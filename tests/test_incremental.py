@@ -13,7 +13,7 @@ import pytest
 
 import imgfeat
 from imgfeat.cli import main
-from imgfeat.errors import OutputError
+from imgfeat.errors import ConfigError, OutputError
 
 from conftest import FAST_MODELS, blob_image
 
@@ -130,6 +130,20 @@ def test_prune_rewrites_only_the_shards_of_inputs_gone(source, tmp_path):
     (source / "img001.jpg").write_bytes(b"")  # an input that comes back is computed again
     report = imgfeat.extract(source, out, shard_size=3, **FAST_MODELS)
     assert report.processed == 1 and len(rows(out)) == 7 and rows(out).id.is_unique
+
+
+def test_prune_refuses_a_source_that_would_empty_the_output(source, tmp_path):
+    out = tmp_path / "out"
+    imgfeat.extract(source, out, shard_size=3, **FAST_MODELS)
+    before, recorded = digests(out), (out / "_manifest.json").read_bytes()
+    other = tmp_path / "other"
+    other.mkdir()
+    add_images(other, 100, 2)
+    with pytest.raises(OutputError, match="drop every row"):
+        imgfeat.extract(other, out, shard_size=3, prune=True, **FAST_MODELS)
+    assert digests(out) == before and (out / "_manifest.json").read_bytes() == recorded
+    with pytest.raises(ConfigError, match="limit"):
+        imgfeat.extract(source, out, shard_size=3, prune=True, limit=3, **FAST_MODELS)
 
 
 KILL_AFTER = """

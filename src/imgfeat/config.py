@@ -201,6 +201,9 @@ class RunConfig:
             raise ConfigError(f"shard_size must be >= 1, got {self.shard_size}")
         if self.limit < 0:
             raise ConfigError(f"limit must be >= 0, got {self.limit}")
+        if self.prune and self.limit:
+            raise ConfigError("prune with limit would drop the rows of every input past the limit; "
+                              "run --prune without --limit")
         if self.device not in ("cpu", "cuda"):
             raise ConfigError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.runtime not in ("auto", "onnxruntime", "openvino"):

@@ -111,6 +111,7 @@ class ParquetSink:
         self.manifest: dict[str, Any] = {}
         self._planned: dict[str, Any] = {}
         self.current_run: dict[str, Any] | None = None  # this call's entry in manifest["runs"]
+        self._ids: dict[int, list[str]] = {}  # ids by shard index, read while planning
 
     def _path(self, name: str) -> str:
         return os.path.join(self.root, name) if self.local else posixpath.join(self.root, name)
@@ -176,13 +177,18 @@ class ParquetSink:
             if imgfeat_file(name):
                 self.fs.rm(self._path(name))
 
-    def plan(self, items: Sequence[Item], settings: dict[str, Any]) -> list[Shard]:
+    def plan(self, items: Sequence[Item], settings: dict[str, Any], prune: bool = False) -> list[Shard]:
         """Write the manifest (settings: config, models...) and return the shards still to do:
         those of the unfinished run when it resumes (see `output_runs`), and those of a new run
         for the inputs not in the output yet. The new run is recorded before any shard is written.
 
+        Args:
+            prune: `prune` is called next: refuse now (before the manifest changes) if it would
+                drop every row, and keep the ids read for it.
+
         Raises:
-            OutputError: the output's models differ from this run's.
+            OutputError: the output's models differ from this run's, or `prune` would drop
+                every row (no row's input is listed: a wrong source would empty the output).
         """
         existing = self.manifest
         if existing and existing.get("models") != settings.get("models"):
@@ -195,6 +201,8 @@ class ParquetSink:
                 raise OutputError(f"{self.output} was made with another {role} file (digest {before}, this run "
                                   f"{now}): its rows would not match; use another output folder, or --overwrite")
         self.clean_temporary()
+        if prune:
+            self._check_prune(items)
         runs = output_runs.recorded_runs(existing) if existing else []
         todo = self._plan_runs(items, runs, unchanged=bool(existing) and
                                existing.get("inputs_sha256") == self._planned["inputs_sha256"])
@@ -206,6 +214,8 @@ class ParquetSink:
         }
         self.write_manifest(manifest)
         self.manifest = manifest
+        if not prune:
+            self._ids.clear()
         return todo
 
     def _plan_runs(self, items: Sequence[Item], runs: list[dict[str, Any]], unchanged: bool) -> list[Shard]:
@@ -253,10 +263,23 @@ class ParquetSink:
         return present
 
     def _shard_ids(self, indexes: Sequence[int]) -> dict[int, list[str]]:
+        """Ids by shard; kept from `plan` for `prune` so each shard's ids are read once."""
         def read(index: int) -> list[str]:
             return self.read_shard(shard_name(index), ["id"]).column("id").to_pylist()
+        unread = [i for i in indexes if i not in self._ids]
         with ThreadPoolExecutor(ID_READ_THREADS) as pool:
-            return dict(zip(indexes, pool.map(read, indexes)))
+            self._ids.update(zip(unread, pool.map(read, unread)))
+        return {i: self._ids[i] for i in indexes}
+
+    def _check_prune(self, items: Sequence[Item]) -> None:
+        listed = {item.id for item in items}
+        present = self._shard_ids(sorted(self.completed_indexes()))
+        if any(present.values()) and not any(row_id in listed for ids in present.values() for row_id in ids):
+            raise OutputError(f"--prune would drop every row of {self.output}: none of its inputs is in this "
+                              "source. Is it the right source? Nothing was changed; to start over, use --overwrite")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__, _ids={})  # engines ship the sink to every task: not the ids
 
     def prune(self, items: Sequence[Item]) -> int:
         """Drop the rows whose inputs are no longer listed: each shard holding one is rewritten
@@ -266,8 +289,9 @@ class ParquetSink:
         `open_features`) then sees the same rows, and a killed prune is finished by the next.
         """
         listed = {item.id for item in items}
+        present = self._shard_ids(sorted(self.completed_indexes()))
         dropped = 0
-        for index, shard_ids in sorted(self._shard_ids(sorted(self.completed_indexes())).items()):
+        for index, shard_ids in sorted(present.items()):
             if all(row_id in listed for row_id in shard_ids):
                 continue
             table = self.read_shard(shard_name(index))
@@ -275,6 +299,7 @@ class ParquetSink:
             atomic_write(self._path(shard_name(index)), _parquet_writer(kept), fs=self.fs)
             dropped += table.num_rows - kept.num_rows
             self.manifest["shards"][shard_name(index)] = shard_stats(kept)
+        self._ids.clear()
         if dropped:
             if self.current_run is None:
                 runs = self.manifest["runs"]

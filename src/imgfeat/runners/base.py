@@ -211,7 +211,7 @@ def plan_run(source: Source, output: str, config: PipelineConfig, load_features:
     loading = time.perf_counter()
     features = load_features()
     features.timer.add("load", time.perf_counter() - loading)  # model load/compile, once per run
-    todo = sink.plan(items, manifest_settings(config, source, features))
+    todo = sink.plan(items, manifest_settings(config, source, features), prune=config.run.prune)
     pruned = sink.prune(items) if config.run.prune else 0
     retry = _retry_shards(sink, items, todo) if config.run.retry_errors else []
     report = RunReport(output=output, inputs=len(items), pruned=pruned)
