@@ -116,9 +116,11 @@ def test_resume_refuses_a_different_run(blob_folder, tmp_path):
     imgfeat.extract(blob_folder, out, shard_size=2, **FAST_MODELS)
     blob_image(blob_folder / "new.jpg")
     with pytest.raises(OutputError, match="overwrite"):
-        imgfeat.extract(blob_folder, out, shard_size=2, **FAST_MODELS)
-    with pytest.raises(OutputError, match="overwrite"):
         imgfeat.extract(blob_folder, out, shard_size=3, **FAST_MODELS)
+    with pytest.raises(OutputError, match="overwrite"):
+        imgfeat.extract(blob_folder, out, shard_size=2, **dict(FAST_MODELS, embedder="test-tiny", dtype="float16"))
+    added = imgfeat.extract(blob_folder, out, shard_size=2, **FAST_MODELS)  # a new input: just that one
+    assert (added.processed, added.skipped) == (1, 7)
     report = imgfeat.extract(blob_folder, out, shard_size=2, overwrite=True, **FAST_MODELS)
     assert report.processed == 8 and len(pd.read_parquet(out)) == 8
 

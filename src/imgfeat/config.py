@@ -179,6 +179,8 @@ class RunConfig:
         retry_wait: seconds before the first retry, doubled each time (at most 8 s).
         retry_errors: recompute the rows of a finished output that failed for a transient
             reason (unreachable, timeout), in place; every other row is kept.
+        prune: drop the output's rows whose inputs are no longer in the source (their shards
+            are rewritten); without it such rows are kept.
         progress: show a progress bar (`imgfeat.extract` without `on_progress`, and the CLI).
     """
 
@@ -196,6 +198,7 @@ class RunConfig:
     retries: int = 3
     retry_wait: float = 0.5
     retry_errors: bool = False
+    prune: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -209,6 +212,9 @@ class RunConfig:
             raise ConfigError(f"shard_size must be >= 1, got {self.shard_size}")
         if self.limit < 0:
             raise ConfigError(f"limit must be >= 0, got {self.limit}")
+        if self.prune and self.limit:
+            raise ConfigError("prune with limit would drop the rows of every input past the limit; "
+                              "run --prune without --limit")
         if self.device not in ("cpu", "cuda"):
             raise ConfigError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.runtime not in ("auto", "onnxruntime", "openvino"):

@@ -1,15 +1,18 @@
 """The output: a folder of Parquet shards plus `_manifest.json`, written so a run can resume.
 
     OUT/_manifest.json           config, source, models and their digests, the input fingerprint,
-                                 per-shard row and error counts
+                                 per-shard row and error counts, the runs (output_runs.py)
     OUT/part-00000.parquet       rows of inputs 0 .. shard_size-1 (in listing order)
     OUT/part-00001.parquet       ...
+    OUT/part-00012.parquet       a later run: inputs added to the source since, in new shards
 
 Every file is written to a hidden temporary name, flushed and renamed (`storage.atomic_write`),
 so a shard file either holds every row of its inputs or does not exist. Rerunning the same
-command writes only the missing shards; the manifest's fingerprint of the input list
-guarantees that the shards of both runs cut the same inputs. Readers (pandas, DuckDB, Spark)
-skip files whose names start with "_" or ".".
+command writes only the missing shards; the manifest's fingerprint of the inputs a run adds
+guarantees that the shards of both runs cut the same inputs. Rerunning it on a source that
+gained inputs computes only those, into new shards (old shard files are not touched); with
+`prune`, rows of inputs no longer listed are dropped by rewriting their shards. Readers
+(pandas, DuckDB, Spark) skip files whose names start with "_" or ".".
 
 The sink deletes only what it wrote: `--overwrite` needs a `_manifest.json` in the folder and
 removes the manifest, `part-*.parquet` and temporary files, nothing else.
@@ -22,8 +25,8 @@ import json
 import os
 import posixpath
 import re
-import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -32,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
+from . import output_runs
 from .errors import OutputError
 from .sources import Item
 from .storage import atomic_write, classify, is_temporary, local_path, temporary_target
@@ -41,7 +45,8 @@ WRITE_CHECK = ".imgfeat-write-check"  # written and removed by `prepare`; a kill
 FORMAT_VERSION = 1
 SHARD_PATTERN = re.compile(r"^part-\d{5,}\.parquet$")
 # what must match for a resumed run to continue an output
-RESUME_KEYS = ("inputs_sha256", "shard_size", "config_fingerprint")
+RESUME_KEYS = ("shard_size", "config_fingerprint")
+ID_READ_THREADS = 16  # shards whose ids are read at once when planning a run (I/O bound)
 
 
 def shard_name(index: int) -> str:
@@ -57,6 +62,12 @@ def fingerprint(items: Sequence[Item]) -> str:
         digest.update(item.uri.encode())
         digest.update(b"\n")
     return digest.hexdigest()
+
+
+def cut(items: Sequence[Item], first: int, shard_size: int) -> list["Shard"]:
+    """`items` in shards of `shard_size`, numbered from `first`."""
+    return [Shard(first + i // shard_size, list(items[i:i + shard_size]))
+            for i in range(0, len(items), shard_size)]
 
 
 @dataclass
@@ -99,6 +110,8 @@ class ParquetSink:
         self.local = local_path(self.output) is not None
         self.manifest: dict[str, Any] = {}
         self._planned: dict[str, Any] = {}
+        self.current_run: dict[str, Any] | None = None  # this call's entry in manifest["runs"]
+        self._ids: dict[int, list[str]] = {}  # ids by shard index, read while planning
 
     def _path(self, name: str) -> str:
         return os.path.join(self.root, name) if self.local else posixpath.join(self.root, name)
@@ -164,15 +177,19 @@ class ParquetSink:
             if imgfeat_file(name):
                 self.fs.rm(self._path(name))
 
-    def plan(self, items: Sequence[Item], settings: dict[str, Any]) -> list[Shard]:
-        """Write the manifest (settings: config, models...) and return the shards still to do.
+    def plan(self, items: Sequence[Item], settings: dict[str, Any], prune: bool = False) -> list[Shard]:
+        """Write the manifest (settings: config, models...) and return the shards still to do:
+        those of the unfinished run when it resumes (see `output_runs`), and those of a new run
+        for the inputs not in the output yet. The new run is recorded before any shard is written.
+
+        Args:
+            prune: `prune` is called next: refuse now (before the manifest changes) if it would
+                drop every row, and keep the ids read for it.
 
         Raises:
-            OutputError: the output's models differ from this run's.
+            OutputError: the output's models differ from this run's, or `prune` would drop
+                every row (no row's input is listed: a wrong source would empty the output).
         """
-        shard_size = self._planned["shard_size"]
-        shards = [Shard(i // shard_size, list(items[i:i + shard_size]))
-                  for i in range(0, len(items), shard_size)]
         existing = self.manifest
         if existing and existing.get("models") != settings.get("models"):
             raise OutputError(f"{self.output} was made with models {existing.get('models')} but this run "
@@ -183,16 +200,115 @@ class ParquetSink:
             if before and now and before != now:
                 raise OutputError(f"{self.output} was made with another {role} file (digest {before}, this run "
                                   f"{now}): its rows would not match; use another output folder, or --overwrite")
-        manifest = {
-            "format_version": FORMAT_VERSION, **self._planned, "num_shards": len(shards), **settings,
-            "created": existing.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "shards": dict(existing.get("shards") or {}), "complete": False,
-        }
         self.clean_temporary()
+        if prune:
+            self._check_prune(items)
+        runs = output_runs.recorded_runs(existing) if existing else []
+        todo = self._plan_runs(items, runs, unchanged=bool(existing) and
+                               existing.get("inputs_sha256") == self._planned["inputs_sha256"])
+        manifest = {
+            "format_version": FORMAT_VERSION, **self._planned,
+            "num_shards": len(output_runs.expected_shards(runs)), **settings,
+            "created": existing.get("created") or output_runs.now(),
+            "shards": dict(existing.get("shards") or {}), "complete": False, "runs": runs,
+        }
         self.write_manifest(manifest)
         self.manifest = manifest
-        done = self.completed()
-        return [s for s in shards if s.name not in done]
+        if not prune:
+            self._ids.clear()
+        return todo
+
+    def _plan_runs(self, items: Sequence[Item], runs: list[dict[str, Any]], unchanged: bool) -> list[Shard]:
+        """Resume the last run or close it, then add a run for the inputs not in the output;
+        `runs` is updated in place. `unchanged`: the listing is the one planned last time."""
+        shard_size = self._planned["shard_size"]
+        written = self.completed_indexes()
+        missing = {i for i in output_runs.expected_shards(runs) if i not in written}
+        self.current_run = None
+        if runs and missing & set(output_runs.run_shard_indexes(runs[-1])):
+            last = runs[-1]
+            prior = self.ids([i for i in written if i < last["first_shard"]])
+            added = output_runs.added_items(items, prior)
+            if fingerprint(added) == last["added_sha256"]:  # the same inputs: the same shards
+                self.current_run = last
+                shards = cut(added, last["first_shard"], shard_size)
+                todo = [s for s in shards if s.index not in written]
+                missing -= {s.index for s in shards}
+        for run in runs:  # shards of a closed run that will not be written under that name
+            lost = sorted(i for i in output_runs.run_shard_indexes(run) if i in missing)
+            if lost:
+                run["abandoned"] = sorted({*(run.get("abandoned") or []), *lost})
+        if self.current_run is not None:
+            return todo
+        if unchanged and not missing:  # every input of this listing is already in a shard
+            return []
+        added = output_runs.added_items(items, self.ids(sorted(written)))
+        if not added:
+            return []
+        first = output_runs.next_shard(runs, sorted(written))
+        shards = cut(added, first, shard_size)
+        self.current_run = output_runs.new_run(runs, first, len(shards), len(added), fingerprint(added),
+                                               len(items))
+        runs.append(self.current_run)
+        return shards
+
+    def completed_indexes(self) -> set[int]:
+        return {int(n[len("part-"):-len(".parquet")]) for n in self.completed()}
+
+    def ids(self, indexes: Sequence[int]) -> set[str]:
+        """The ids in the given shards (their `id` column, read in parallel threads)."""
+        present: set[str] = set()
+        for shard_ids in self._shard_ids(indexes).values():
+            present.update(shard_ids)
+        return present
+
+    def _shard_ids(self, indexes: Sequence[int]) -> dict[int, list[str]]:
+        """Ids by shard; kept from `plan` for `prune` so each shard's ids are read once."""
+        def read(index: int) -> list[str]:
+            return self.read_shard(shard_name(index), ["id"]).column("id").to_pylist()
+        unread = [i for i in indexes if i not in self._ids]
+        with ThreadPoolExecutor(ID_READ_THREADS) as pool:
+            self._ids.update(zip(unread, pool.map(read, unread)))
+        return {i: self._ids[i] for i in indexes}
+
+    def _check_prune(self, items: Sequence[Item]) -> None:
+        listed = {item.id for item in items}
+        present = self._shard_ids(sorted(self.completed_indexes()))
+        if any(present.values()) and not any(row_id in listed for ids in present.values() for row_id in ids):
+            raise OutputError(f"--prune would drop every row of {self.output}: none of its inputs is in this "
+                              "source. Is it the right source? Nothing was changed; to start over, use --overwrite")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__, _ids={})  # engines ship the sink to every task: not the ids
+
+    def prune(self, items: Sequence[Item]) -> int:
+        """Drop the rows whose inputs are no longer listed: each shard holding one is rewritten
+        without them (atomically; a shard left with no rows stays, empty). Returns rows dropped.
+
+        Rewriting, not a tombstone list: every reader of the folder (pandas, DuckDB, Spark,
+        `open_features`) then sees the same rows, and a killed prune is finished by the next.
+        """
+        listed = {item.id for item in items}
+        present = self._shard_ids(sorted(self.completed_indexes()))
+        dropped = 0
+        for index, shard_ids in sorted(present.items()):
+            if all(row_id in listed for row_id in shard_ids):
+                continue
+            table = self.read_shard(shard_name(index))
+            kept = table.filter(pa.array([row_id in listed for row_id in shard_ids], pa.bool_()))
+            atomic_write(self._path(shard_name(index)), _parquet_writer(kept), fs=self.fs)
+            dropped += table.num_rows - kept.num_rows
+            self.manifest["shards"][shard_name(index)] = shard_stats(kept)
+        self._ids.clear()
+        if dropped:
+            if self.current_run is None:
+                runs = self.manifest["runs"]
+                self.current_run = output_runs.new_run(runs, output_runs.next_shard(runs, []), 0, 0,
+                                                       fingerprint([]), len(items))
+                runs.append(self.current_run)
+            self.current_run["pruned"] = self.current_run.get("pruned", 0) + dropped
+            self.write_manifest(self.manifest)
+        return dropped
 
     def completed(self) -> set[str]:
         return {n for n in self._names() if SHARD_PATTERN.match(n)}
@@ -260,7 +376,18 @@ class ParquetSink:
         shards.update(stats)
         done = self.completed()
         shards = {name: value for name, value in shards.items() if name in done}
-        self.manifest.update(summary, shards=shards, complete=len(done) == self.manifest["num_shards"])
+        run = self.current_run
+        if run is not None:
+            run["shards_written"] = run.get("shards_written", 0) + sum(
+                1 for name in stats if SHARD_PATTERN.match(name) and
+                run["first_shard"] <= int(name[5:-8]) < run["first_shard"] + run["num_shards"])
+            run["engine"] = (summary.get("last_run") or {}).get("engine")
+            indexes = output_runs.run_shard_indexes(run)
+            if all(shard_name(i) in done for i in indexes):
+                run["finished"] = output_runs.now()
+        expected = output_runs.expected_shards(self.manifest.get("runs") or [])
+        complete = all(shard_name(i) in done for i in expected)
+        self.manifest.update(summary, shards=shards, complete=complete)
         self.write_manifest(self.manifest)
         return {"rows": sum(s["rows"] for s in shards.values()),
                 "failed": sum(s["failed"] for s in shards.values())}

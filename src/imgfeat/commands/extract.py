@@ -115,6 +115,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"default {d_run.retries})")
     g.add_argument("--retry-errors", action="store_true",
                    help="recompute, in place, the rows of this output that failed for a transient reason")
+    g.add_argument("--prune", action="store_true",
+                   help="drop the rows of inputs no longer in the source (rerunning on a source that gained "
+                        "inputs computes only those, with or without it)")
     g.add_argument("--overwrite", action="store_true",
                    help="start over: delete imgfeat's own files in the output (never anything else)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -135,6 +138,7 @@ def _extract(args: argparse.Namespace) -> int:
         precision=args.precision,
         shard_size=args.shard_size, limit=args.limit, overwrite=args.overwrite,
         max_error_ratio=args.max_error_ratio, retries=args.retries, retry_errors=args.retry_errors,
+        prune=args.prune,
         max_pixels=args.max_pixels, max_side=args.max_side, progress=not args.no_progress,
     )
     engine_options = {k: v for k, v in (("master", args.master), ("address", args.address), ("runner", args.runner),
@@ -150,7 +154,8 @@ def _extract(args: argparse.Namespace) -> int:
     print(f"{report.processed} images in {report.seconds:.1f} s ({report.images_per_second:.1f} img/s): "
           f"{report.ok} ok, {report.failed} failed ({errors})"
           + (f"; {report.skipped} already done, skipped" if report.skipped else "")
-          + (f"; {report.retried} failed rows retried" if report.retried else ""))
+          + (f"; {report.retried} failed rows retried" if report.retried else "")
+          + (f"; {report.pruned} rows of inputs gone pruned" if report.pruned else ""))
     print(f"features: {args.output}  (imgfeat info {args.output})")
     return 0
 

@@ -3,8 +3,9 @@
     compute_for_output()  driver: runtime + precision made concrete once, or taken from
                    the output being resumed (a run never mixes bf16 and fp32 rows)
     plan_run()     driver: list the Source, check the output (before any model loads), load
-                   the models, write the manifest, find the shards to do (resume) and the rows
-                   to recompute (--retry-errors)
+                   the models, write the manifest, find the shards to do (resume, or a new run
+                   for inputs added to the source: sinks/output_runs), drop the rows of inputs
+                   gone (--prune) and find the rows to recompute (--retry-errors)
     ErrorBudget    stops a run early once too large a share of images failed
     finish_run()   driver: shard stats into the manifest, the RunReport, the error verdict
                    over the whole output (a rerun of a finished output gives the same verdict)
@@ -40,7 +41,8 @@ class RunReport:
     """What a run did. `errors` counts failed inputs by kind (the text before any detail).
 
     `output_rows` and `output_failed` count the whole output after the run (earlier runs'
-    shards included): the error ratio verdict is taken over them.
+    shards included): the error ratio verdict is taken over them. `skipped` counts the listed
+    inputs already in the output; `pruned` the rows dropped because their input is gone.
     """
 
     output: str
@@ -55,6 +57,7 @@ class RunReport:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     output_rows: int = 0
     output_failed: int = 0
+    pruned: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -70,7 +73,7 @@ class RunReport:
     def to_dict(self) -> dict[str, Any]:
         return {"output": self.output, "inputs": self.inputs, "processed": self.processed,
                 "skipped": self.skipped, "ok": self.ok, "failed": self.failed, "retried": self.retried,
-                "errors": self.errors, "seconds": round(self.seconds, 3),
+                "pruned": self.pruned, "errors": self.errors, "seconds": round(self.seconds, 3),
                 "images_per_second": round(self.images_per_second, 2),
                 "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
                 "output_rows": self.output_rows, "output_failed": self.output_failed}
@@ -208,9 +211,10 @@ def plan_run(source: Source, output: str, config: PipelineConfig, load_features:
     loading = time.perf_counter()
     features = load_features()
     features.timer.add("load", time.perf_counter() - loading)  # model load/compile, once per run
-    todo = sink.plan(items, manifest_settings(config, source, features))
-    retry = _retry_shards(sink, items, config.run.shard_size, todo) if config.run.retry_errors else []
-    report = RunReport(output=output, inputs=len(items))
+    todo = sink.plan(items, manifest_settings(config, source, features), prune=config.run.prune)
+    pruned = sink.prune(items) if config.run.prune else 0
+    retry = _retry_shards(sink, items, todo) if config.run.retry_errors else []
+    report = RunReport(output=output, inputs=len(items), pruned=pruned)
     report.skipped = len(items) - sum(len(s.items) for s in todo) - sum(len(s.items) for s in retry)
     plan = Plan(items, sink, features, todo, retry, report, started,
                 ErrorBudget(config.run.max_error_ratio, config.run.min_error_count))
@@ -219,17 +223,18 @@ def plan_run(source: Source, output: str, config: PipelineConfig, load_features:
     return plan
 
 
-def _retry_shards(sink: ParquetSink, items: list[Item], shard_size: int, todo: Sequence[Shard]) -> list[Shard]:
-    """Complete shards holding rows that failed for a transient reason, with just those items."""
+def _retry_shards(sink: ParquetSink, items: list[Item], todo: Sequence[Shard]) -> list[Shard]:
+    """Complete shards holding rows that failed for a transient reason, with just those items
+    (those still listed: the source is the one place an input can be read from)."""
     pending = {s.index for s in todo}
     stats = sink.shard_stats()
+    by_id = {item.id: item for item in items}
     shards = []
-    for index in range(0, (len(items) + shard_size - 1) // shard_size):
+    for index in sorted(sink.completed_indexes() - pending):
         name = Shard(index, []).name
-        if index in pending or not any(stats.get(name, {}).get("errors", {}).get(k) for k in RETRYABLE):
+        if not any(stats.get(name, {}).get("errors", {}).get(k) for k in RETRYABLE):
             continue
-        failed = sink.failed_ids(name, RETRYABLE)
-        chosen = [item for item in items[index * shard_size:(index + 1) * shard_size] if item.id in failed]
+        chosen = [by_id[row_id] for row_id in sorted(sink.failed_ids(name, RETRYABLE)) if row_id in by_id]
         if chosen:
             shards.append(Shard(index, chosen))
     return shards

@@ -39,7 +39,7 @@ from ..config import PipelineConfig
 from ..errors import ConfigError
 from ..sinks import Shard, shard_stats
 from ..sources import Source
-from .base import Plan, Progress, RunReport, finish_run, merge_errors, plan_run
+from .base import Plan, Progress, RunReport, compute_for_output, finish_run, merge_errors, plan_run
 from .tasks import FAULT_ENV, ShardTask, cached_pipeline, with_threads
 
 NAMESPACE = "imgfeat"
@@ -182,6 +182,7 @@ def run_beam(source: Source, output: str, config: PipelineConfig, on_progress: P
         raise ConfigError(f"the beam engine takes runner=, pipeline_args=, attempts=, got {sorted(engine_options)}")
     if attempts < 1:
         raise ConfigError(f"attempts must be >= 1, got {attempts}")
+    config = compute_for_output(config, output)  # once, here: every task computes the same way
     first: Plan | None = None
     rows, errors, seconds = 0, {}, {}
     written: set[str] = set()
