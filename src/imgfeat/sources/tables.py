@@ -133,8 +133,17 @@ def open_parquet(request: SourceRequest) -> Source:
 
 
 def _all_parquet(fs: Any, path: str) -> bool:
-    files = [p for p in fs.find(path) if not os.path.basename(p).startswith((".", "_"))]
-    return bool(files) and all(p.lower().endswith(PARQUET_SUFFIXES) for p in files)
+    """Whether the folder holds Parquet files only; stops at the first other file (a photo
+    folder answers at its first folder, instead of listing everything a second time)."""
+    found = False
+    for _, _, files in fs.walk(path):
+        for name in files:
+            if name.startswith((".", "_")):
+                continue
+            if not name.lower().endswith(PARQUET_SUFFIXES):
+                return False
+            found = True
+    return found
 
 
 def is_parquet(request: SourceRequest) -> bool:
