@@ -36,7 +36,6 @@ from conftest import FAST_MODELS, blob_image
 
 psutil = pytest.importorskip("psutil")
 
-pytestmark = [pytest.mark.slow]
 
 SRC = str(Path(imgfeat.__file__).resolve().parents[1])  # workers import this checkout's imgfeat
 IMAGES = 40
@@ -196,6 +195,7 @@ def _cmdline(proc) -> list[str]:
         return []
 
 
+@pytest.mark.slow
 @pytest.mark.spark
 def test_spark_standalone_cluster_survives_a_killed_executor(spark_cluster, images, local_reference, tmp_path):
     url, worker_pid, env, worker_log = spark_cluster
@@ -264,6 +264,7 @@ def ray_actors(tmp: Path) -> list:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_two_node_ray_cluster_survives_a_killed_actor(ray_cluster, images, local_reference, tmp_path):
     address, _, env, tmp = ray_cluster
@@ -274,3 +275,50 @@ def test_two_node_ray_cluster_survives_a_killed_actor(ray_cluster, images, local
     assert done_at_kill < IMAGES // SHARD, "every shard was written before the kill"
     assert (report["processed"], report["failed"]) == (IMAGES, 1)
     assert_same_as_local(local_reference, output)
+
+
+def test_ray_client_address_is_refused_with_the_way_that_works(tmp_path):
+    """Ray Data does not run through the Ray Client (ray://): say so before connecting."""
+    pytest.importorskip("ray")
+    from imgfeat.errors import ConfigError
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    blob_image(folder / "a.jpg")
+    with pytest.raises(ConfigError, match=r"Ray Client.*--address HEAD:6379.*ray job submit"):
+        imgfeat.extract(folder, tmp_path / "out", engine="ray", engine_options={"address": "ray://127.0.0.1:1"},
+                        **FAST_MODELS)
+    assert not (tmp_path / "out").exists()
+
+
+RUN_IMGFEAT = """\
+import sys, imgfeat
+print(imgfeat.extract(sys.argv[1], sys.argv[2], engine="spark", detector="test-blob", embedder="test-tiny",
+                      progress=False).to_dict())   # master from spark-submit
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_spark_submit_recipe_on_the_standalone_master(spark_cluster, tmp_path):
+    """docs/distributed.md's spark-submit recipe, option B (imgfeat installed where the executors'
+    Python is), client mode against the standalone master; the tiny models instead of the defaults."""
+    url, _, env, _ = spark_cluster
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(6):
+        blob_image(folder / f"img{i}.jpg", offset=i * 9)
+    script = tmp_path / "run_imgfeat.py"
+    script.write_text(RUN_IMGFEAT)
+    submit = Path(env["SPARK_HOME"]) / "bin" / "spark-submit"
+    done = subprocess.run([str(submit), "--master", url, "--conf", "spark.task.cpus=1", str(script), str(folder),
+                           str(tmp_path / "out")], env=dict(env, PYSPARK_DRIVER_PYTHON=sys.executable),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "'processed': 6" in done.stdout
+    imgfeat.extract(folder, tmp_path / "local", **FAST_MODELS)
+    local, submitted = read(tmp_path / "local"), read(tmp_path / "out")
+    assert list(submitted["id"]) == list(local["id"])
+    np.testing.assert_allclose(np.stack(submitted["embedding"]), np.stack(local["embedding"]), atol=1e-5)
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert manifest["engine"] == "spark"
