@@ -321,4 +321,4 @@ def test_spark_submit_recipe_on_the_standalone_master(spark_cluster, tmp_path):
     assert list(submitted["id"]) == list(local["id"])
     np.testing.assert_allclose(np.stack(submitted["embedding"]), np.stack(local["embedding"]), atol=1e-5)
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
-    assert manifest["engine"] == "spark"
+    assert manifest["last_run"]["engine"] == "spark"
