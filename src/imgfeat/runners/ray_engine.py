@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from ..config import PipelineConfig
-from ..errors import ConfigError, MissingExtra, TooManyErrors
+from ..errors import ConfigError, TooManyErrors
 from ..sinks import Shard
 from ..sources import Source
 from .base import Progress, RunReport, compute_for_output, finish_run, plan_run
@@ -62,23 +62,23 @@ def check_address(address: str | None, timeout: float = 5.0) -> None:
     """Fail fast when a Ray address cannot work here (ray.init would hang or print pages).
 
     Raises:
-        MissingExtra: a ray:// address without the Ray client (`pip install 'ray[client]'`).
-        ConfigError: nothing answers at the address's host and port.
+        ConfigError: a ray:// (Ray Client) address: Ray Data, which runs the shards, does not
+            work through the Ray Client (its executor needs a driver inside the cluster; tried
+            with Ray 2.60: `'Worker' object has no attribute 'core_worker'`); or nothing answers
+            at the address's host and port.
     """
     import socket
 
     if not address or address in ("auto", "local"):
         return
     if address.startswith("ray://"):
-        try:
-            import ray.util.client  # noqa: F401
-            import grpc  # noqa: F401  (what ray[client] adds)
-        except ImportError as exc:
-            raise MissingExtra("ray[client]", extra="ray", purpose=f"connecting to {address}") from exc
-    hostport = address.split("://", 1)[-1]
-    host, _, port = hostport.rpartition(":")
+        raise ConfigError(f"the ray engine cannot run through the Ray Client ({address}): Ray Data needs its "
+                          "driver inside the cluster. Run imgfeat on a node of the cluster with --address "
+                          "HEAD:6379 (the GCS port), or submit it as a job: "
+                          "`ray job submit --address http://HEAD:8265 -- imgfeat extract ... --engine ray`")
+    host, _, port = address.rpartition(":")
     try:
-        with socket.create_connection((host or hostport, int(port or 6379)), timeout=timeout):
+        with socket.create_connection((host or address, int(port or 6379)), timeout=timeout):
             return
     except (OSError, ValueError):
         raise ConfigError(f"cannot reach the Ray cluster at {address} (no answer within {timeout:.0f} s): "
@@ -129,7 +129,7 @@ def run_ray(source: Source, output: str, config: PipelineConfig, on_progress: Pr
         output: folder or URL for the shards; on a cluster, a path every node can write.
         config: the whole configuration (`run.workers` is not used: the actors are).
         on_progress: called with (images done, errors so far, images to do) as shards finish.
-        address: Ray cluster address ("ray://head:10001", "auto"); default $RAY_ADDRESS or local.
+        address: Ray cluster address ("head:6379", "auto"; not ray://); default $RAY_ADDRESS or local.
         actors: actors in the pool (default: the cluster's CPUs minus one, at least one).
         cpus_per_actor: CPUs each actor reserves (default 1, or a fraction when short).
 
@@ -148,6 +148,8 @@ def run_ray(source: Source, output: str, config: PipelineConfig, on_progress: Pr
     import ray
 
     check_address(address or os.environ.get("RAY_ADDRESS") or None)
+    if ray.is_initialized() and ray.util.client.ray.is_connected():
+        check_address("ray://")  # a user's ray.init("ray://..."): the same clear error
     config = compute_for_output(config, output)  # once, here: every task computes the same way
     plan = plan_run(source, output, config, lambda: cached_pipeline(config).features, on_progress)
     if not plan.todo and not plan.retry:
