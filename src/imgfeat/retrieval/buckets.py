@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -53,6 +54,7 @@ class BucketPlan:
         threshold: cosine at or above which a pair is kept. max_neighbors: pairs kept per
             probing vector and bucket (0: all).
         reviewed: id -> numbers of the not-duplicate sets it belongs to.
+        vector: "image" or "object" (what the column holds, for the figures).
     """
 
     fs: Any
@@ -64,6 +66,7 @@ class BucketPlan:
     threshold: float
     max_neighbors: int
     reviewed: dict[str, frozenset[int]]
+    vector: str = "image"
 
     @property
     def nlist(self) -> int:
@@ -112,7 +115,7 @@ def train_centroids(sample: np.ndarray, nlist: int, seed: int = 0) -> np.ndarray
 
 def plan_buckets(dataset: FeatureDataset, column: str, threshold: float, *, nlist: int | None = None,
                  probes: int = 8, max_neighbors: int = 100, reviews: Sequence[dict[str, Any]] = (),
-                 seed: int = 0) -> BucketPlan:
+                 seed: int = 0, vector: str = "image") -> BucketPlan:
     """Train the coarse quantiser on a sample and return the recipe for the workers.
 
     Raises:
@@ -132,7 +135,7 @@ def plan_buckets(dataset: FeatureDataset, column: str, threshold: float, *, nlis
     centroids = train_centroids(sample, nlist, seed)
     return BucketPlan(dataset.fs, tuple(dataset.files), column, dataset.dim, centroids,
                       min(probes, len(centroids)), threshold, max_neighbors,
-                      {k: frozenset(v) for k, v in reviewed.items()})
+                      {k: frozenset(v) for k, v in reviewed.items()}, vector)
 
 
 # --- in the workers -------------------------------------------------------------------------
@@ -165,6 +168,7 @@ def read_members(plan: BucketPlan, number: int, keys: np.ndarray) -> Any:
     file_keys = (np.int64(number) << KEY_FILE_SHIFT) | positions.astype(np.int64)
     wanted = np.flatnonzero(np.isin(file_keys, keys))
     table = table.take(wanted)
+    table = pa.record_batch([column.combine_chunks() for column in table.columns], schema=table.schema)
     frame = pd.DataFrame({"faiss_id": file_keys[wanted], **meta_columns(table)},
                          index=pd.Index(table.column("id").to_pylist(), dtype=object, name="id"))
     frame["vector"] = list(vectors[wanted])
@@ -239,3 +243,62 @@ def components_of_pairs(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.
     smallest = np.full(len(keys), np.iinfo(np.int64).max, np.int64)
     np.minimum.at(smallest, component, keys)
     return keys, smallest[component]
+
+
+# --- on the driver, around the engine -------------------------------------------------------
+
+def prepare(source: Any, threshold: float, representative: str, reviews: Any, vector: str, *,
+            nlist: int | None, probes: int, max_neighbors: int, seed: int) -> tuple[FeatureDataset, BucketPlan]:
+    """Check the arguments as the local dedup does, open the features, pick the vector column
+    (the whole image's by default, as the local dedup) and plan the buckets."""
+    from ..dataset import open_features
+    from .dedup import check_arguments, resolve_vector, review_records
+    from .index import VECTORS, vector_columns
+
+    check_arguments(threshold, representative)
+    if vector not in VECTORS + ("auto",):
+        raise ConfigError(f"vector must be one of {', '.join(VECTORS)} or auto, got {vector!r}")
+    dataset = open_features(source)
+    vector = resolve_vector([dataset], vector)
+    column = vector_columns(dataset, "whole-image" if vector == "image" else "object")[0]
+    plan = plan_buckets(dataset, column, threshold, nlist=nlist, probes=probes, max_neighbors=max_neighbors,
+                        reviews=review_records(reviews), seed=seed, vector=vector)
+    return dataset, plan
+
+
+def file_numbers(keys: np.ndarray) -> np.ndarray:
+    """The file number of each key."""
+    return np.asarray(keys, np.int64) >> KEY_FILE_SHIFT
+
+
+def groups_frame(members: Any, component_keys: np.ndarray, components: np.ndarray, representative: str) -> Any:
+    """The output frame (dedup.GROUP_COLUMNS) of members read with read_members, given each
+    key's component."""
+    import pandas as pd
+
+    from .dedup import describe_groups
+
+    if len(members):
+        members = members.assign(component=pd.Series(components, index=component_keys)
+                                 .reindex(members["faiss_id"].to_numpy()).to_numpy())
+        vectors = np.stack(members["vector"].to_numpy()).astype(np.float32)
+        position = pd.Series(np.arange(len(members)), index=members["faiss_id"].to_numpy())
+
+        def vectors_of(keys: np.ndarray) -> np.ndarray:
+            return vectors[position.reindex(keys).to_numpy()]
+    else:
+        def vectors_of(keys: np.ndarray) -> np.ndarray:
+            return np.zeros((len(keys), 0), np.float32)
+    return describe_groups(members.drop(columns=["vector"], errors="ignore"), vectors_of, representative)
+
+
+def stats_of(frame: Any, plan: BucketPlan, engine: str, vectors: int, pairs: int, dropped: int,
+             seconds: dict[str, float]) -> dict[str, Any]:
+    """The run's figures, with the local dedup's keys (frame.attrs["stats"])."""
+    return {
+        "engine": engine, "vectors": vectors, "vector": plan.vector,
+        "kind": "buckets", "buckets": plan.nlist, "probes": plan.probes, "threshold": plan.threshold,
+        "pairs": pairs, "pairs_dropped_by_reviews": dropped,
+        "groups": int(frame["group"].nunique()) if len(frame) else 0, "images_in_groups": int(len(frame)),
+        **{f"seconds_{name}": round(value, 3) for name, value in seconds.items()},
+    }
