@@ -131,3 +131,32 @@ def ray_session():
     yield ray
     if started:
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def spark_session():
+    pytest.importorskip("pyspark")
+    from imgfeat.runners.spark import spark_session as session_of
+
+    session, created = session_of("local[2]")
+    session.conf.set("spark.sql.shuffle.partitions", "4")
+    yield session
+    if created:
+        session.stop()
+
+
+@pytest.mark.spark
+def test_spark_gives_the_local_groups_and_respects_reviews(features, local, spark_session, tmp_path):
+    """One run (Spark jobs cost seconds each here): reviews on, components by label propagation
+    on the executors (the driver's components are Ray's, tested above)."""
+    from imgfeat.retrieval.dedup_spark import find_duplicates_spark
+
+    big = local[local["size"] >= 3]["id"].iloc[:2].tolist()
+    reviews = tmp_path / "reviews.jsonl"
+    save_review(reviews, big)
+    reviewed_local = find_duplicates(features, THRESHOLD, reviews=reviews)
+    assert _groups(reviewed_local) != _groups(local)
+    reviewed = find_duplicates_spark(features, THRESHOLD, reviews=reviews, nlist=60, probes=3, components="spark")
+    _same_frame(reviewed, reviewed_local)
+    stats = reviewed.attrs["stats"]
+    assert stats["engine"] == "spark" and stats["vectors"] == 3000 and stats["pairs_dropped_by_reviews"] >= 1
