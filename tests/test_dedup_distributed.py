@@ -121,6 +121,19 @@ def test_ray_gives_the_local_groups_and_respects_reviews(features, local, ray_se
     assert _groups(reviewed) != _groups(local)
     _same_frame(reviewed, reviewed_local)
 
+    out = tmp_path / "cli" / "groups.parquet"
+    assert main(["dedup", str(features), "-o", str(out), "--engine", "ray", "--threshold", str(THRESHOLD),
+                 "--buckets", "60", "--probes", "3", "--reviews", str(tmp_path / "none.jsonl")]) == 0
+    _same_frame(pd.read_parquet(out), local)
+
+
+def test_engine_options_are_checked(features, tmp_path, capsys):
+    out = str(tmp_path / "groups.parquet")
+    assert main(["dedup", str(features), "-o", out, "--buckets", "8"]) != 0
+    assert "--buckets and --probes are for --engine spark or ray" in capsys.readouterr().err
+    assert main(["dedup", str(features), "-o", out, "--engine", "ray", "--kind", "hnsw"]) != 0
+    assert "--kind is for the local engine" in capsys.readouterr().err
+
 
 @pytest.fixture(scope="module")
 def ray_session():

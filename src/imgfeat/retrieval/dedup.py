@@ -258,6 +258,26 @@ def describe_groups(members: Any, vectors_of: Callable[[np.ndarray], np.ndarray]
     return frame.astype({"group": "int64", "size": "int64", "width": "Int64", "height": "Int64"})
 
 
+# engines of `imgfeat dedup --engine`: module and function, imported on use (pyspark and ray are extras)
+DEDUP_ENGINES = {"local": (__name__, "find_duplicates"),
+                 "spark": (__package__ + ".dedup_spark", "find_duplicates_spark"),
+                 "ray": (__package__ + ".dedup_ray", "find_duplicates_ray")}
+
+
+def dedup_engine(name: str) -> Callable[..., Any]:
+    """The grouping function of an engine (find_duplicates and its Spark and Ray twins).
+
+    Raises:
+        ConfigError: an unknown engine.
+    """
+    import importlib
+
+    if name not in DEDUP_ENGINES:
+        raise ConfigError(f"unknown dedup engine {name!r}: one of {', '.join(DEDUP_ENGINES)}")
+    module, function = DEDUP_ENGINES[name]
+    return getattr(importlib.import_module(module), function)
+
+
 def write_groups(frame: Any, path: str | os.PathLike) -> None:
     """Write the groups DataFrame to Parquet, atomically (folder created when missing)."""
     with atomic_local_path(path) as tmp:
