@@ -3,8 +3,8 @@
     groups = find_duplicates_spark("features/", threshold=0.85)   # a DataFrame, as find_duplicates
 
 How (buckets.py holds the steps): the driver trains the coarse quantiser on a sample and
-broadcasts it; a DataFrame of file numbers is mapped (mapInPandas, one file per task) to one row
-per (bucket, vector) with the vector as float32 bytes; `groupBy("bucket").applyInPandas` joins
+broadcasts it; a DataFrame of file numbers is mapped (mapInArrow, one file per task) to one row
+per (bucket, vector) with the vector as float32 bytes; `groupBy("bucket").applyInArrow` joins
 each bucket exactly. The pairs' connected components come from an iterative min-label
 propagation with pointer jumping over DataFrames (a few rounds for near-duplicate groups, whose
 diameter is small; checkpointed each round), or, while the pairs fit (components="auto", up to
@@ -31,31 +31,73 @@ PAIRS_SCHEMA = "lo long, hi long, dropped long, stored long"  # plus one tally r
 MEMBERS_SCHEMA = ("faiss_id long, id string, path string, width long, height long, x1 double, y1 double, "
                   "x2 double, y2 double, label string, score double, crop string, vector binary")
 MAX_ROUNDS = 64
+BATCH_ROWS = 8192  # rows per Arrow batch out of the bucketing (binary offsets are int32)
 # components="auto" collects the pairs to the driver (16 bytes each, with scipy's components as the
 # local dedup) up to this many, and propagates labels on the executors above it
 DRIVER_PAIRS_LIMIT = 20_000_000
 COMPONENTS = ("auto", "driver", "spark")
 
 
-def _bucket_files(plan: BucketPlan, frames: Iterator[Any]) -> Iterator[Any]:
-    import pandas as pd
+def _vector_column(vectors: np.ndarray) -> Any:
+    """float32 rows as an Arrow binary column, without a Python object per row."""
+    import pyarrow as pa
 
-    for frame in frames:
-        for number in frame["file"].tolist():
+    width = vectors.shape[1] * 4
+    offsets = np.arange(len(vectors) + 1, dtype=np.int32) * width
+    return pa.Array.from_buffers(pa.binary(), len(vectors), [None, pa.py_buffer(offsets),
+                                                             pa.py_buffer(np.ascontiguousarray(vectors, np.float32))])
+
+
+def _vectors_of(column: Any, dim: int) -> np.ndarray:
+    """The float32 (n, dim) rows of a binary column written by _vector_column."""
+    array = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+    if not len(array):
+        return np.zeros((0, dim), np.float32)
+    offsets = np.frombuffer(array.buffers()[1], np.int32)[array.offset:array.offset + len(array) + 1]
+    values = np.frombuffer(array.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
+    return values.view(np.float32).reshape(len(array), dim)
+
+
+def _bucket_files(plan: BucketPlan, batches: Iterator[Any]) -> Iterator[Any]:
+    """mapInArrow: file numbers -> one row per (bucket, vector), in batches of at most BATCH_ROWS."""
+    import pyarrow as pa
+
+    for batch in batches:
+        for number in batch.column("file").to_pylist():
             rows = bucket_rows(plan, read_vectors(plan, int(number)))
-            yield pd.DataFrame({"bucket": rows["bucket"], "stored": rows["stored"], "key": rows["key"],
-                                "id": rows["id"], "vector": [v.tobytes() for v in rows["vector"]]})
+            for start in range(0, len(rows["key"]), BATCH_ROWS):
+                part = {name: values[start:start + BATCH_ROWS] for name, values in rows.items()}
+                yield pa.RecordBatch.from_arrays(
+                    [pa.array(part["bucket"]), pa.array(part["stored"]), pa.array(part["key"]),
+                     pa.array(part["id"], pa.string()), _vector_column(part["vector"])],
+                    names=["bucket", "stored", "key", "id", "vector"])
 
 
-def _join(plan: BucketPlan, frame: Any) -> Any:
-    import pandas as pd
+def _join(plan: BucketPlan, table: Any) -> Any:
+    """applyInArrow: one bucket's rows -> its pairs and one tally row (lo = -1)."""
+    import pyarrow as pa
 
-    vectors = np.frombuffer(b"".join(frame["vector"].tolist()), np.float32).reshape(len(frame), plan.dim)
-    lo, hi, _, dropped = join_bucket(plan, frame["key"].to_numpy(np.int64), frame["id"].to_numpy(object),
-                                     vectors, frame["stored"].to_numpy(bool))
+    lo, hi, _, dropped = join_bucket(plan, table.column("key").to_numpy(), np.asarray(table.column("id").to_pylist(),
+                                                                                       dtype=object),
+                                     _vectors_of(table.column("vector"), plan.dim),
+                                     table.column("stored").to_numpy(zero_copy_only=False))
     zeros = np.zeros(len(lo), np.int64)
-    return pd.DataFrame({"lo": np.append(lo, -1), "hi": np.append(hi, -1), "dropped": np.append(zeros, dropped),
-                         "stored": np.append(zeros, int(frame["stored"].sum()))})
+    stored = int(np.count_nonzero(table.column("stored").to_numpy(zero_copy_only=False)))
+    return pa.table({"lo": np.append(lo, -1).astype(np.int64), "hi": np.append(hi, -1).astype(np.int64),
+                     "dropped": np.append(zeros, dropped), "stored": np.append(zeros, stored)})
+
+
+def _join_buckets(plan: BucketPlan, rows: Any) -> Any:
+    """The pairs DataFrame: applyInArrow (Spark 4), else applyInPandas over the same function."""
+    grouped = rows.groupBy("bucket")
+    if hasattr(grouped, "applyInArrow"):
+        return grouped.applyInArrow(lambda table: _join(plan, table), PAIRS_SCHEMA)
+
+    def join_frame(frame: Any) -> Any:
+        import pyarrow as pa
+
+        return _join(plan, pa.Table.from_pandas(frame, preserve_index=False)).to_pandas()
+    return grouped.applyInPandas(join_frame, PAIRS_SCHEMA)
 
 
 def _read_members(plan: BucketPlan, member_keys: Any, frames: Iterator[Any]) -> Iterator[Any]:
@@ -136,8 +178,8 @@ def find_duplicates_spark(source: Any, threshold: float = DEFAULT_THRESHOLD, *, 
         trained = time.perf_counter()
         files = spark.createDataFrame([(n,) for n in range(len(plan.files))], "file long").repartition(
             len(plan.files))
-        rows = files.mapInPandas(lambda frames: _bucket_files(plan, frames), ROWS_SCHEMA)
-        found = rows.groupBy("bucket").applyInPandas(lambda frame: _join(plan, frame), PAIRS_SCHEMA).localCheckpoint()
+        rows = files.mapInArrow(lambda batches: _bucket_files(plan, batches), ROWS_SCHEMA)
+        found = _join_buckets(plan, rows).localCheckpoint()
         tally = found.where("lo < 0").agg(F.sum("dropped"), F.sum("stored")).first()
         dropped, vectors = int(tally[0] or 0), int(tally[1] or 0)
         pairs = found.where("lo >= 0").select("lo", "hi").dropDuplicates().localCheckpoint()
