@@ -55,6 +55,7 @@ class BucketPlan:
             probing vector and bucket (0: all).
         reviewed: id -> numbers of the not-duplicate sets it belongs to.
         vector: "image" or "object" (what the column holds, for the figures).
+        rows: rows in the files (all statuses), for sizing the shuffle.
     """
 
     fs: Any
@@ -67,6 +68,7 @@ class BucketPlan:
     max_neighbors: int
     reviewed: dict[str, frozenset[int]]
     vector: str = "image"
+    rows: int = 0
 
     @property
     def nlist(self) -> int:
@@ -135,7 +137,7 @@ def plan_buckets(dataset: FeatureDataset, column: str, threshold: float, *, nlis
     centroids = train_centroids(sample, nlist, seed)
     return BucketPlan(dataset.fs, tuple(dataset.files), column, dataset.dim, centroids,
                       min(probes, len(centroids)), threshold, max_neighbors,
-                      {k: frozenset(v) for k, v in reviewed.items()}, vector)
+                      {k: frozenset(v) for k, v in reviewed.items()}, vector, rows)
 
 
 # --- in the workers -------------------------------------------------------------------------
@@ -231,6 +233,23 @@ def join_bucket(plan: BucketPlan, keys: np.ndarray, ids: np.ndarray, vectors: np
         dropped = int(reviewed.sum())
         lo, hi, scores = lo[~reviewed], hi[~reviewed], scores[~reviewed]
     return lo, hi, scores, dropped
+
+
+def join_buckets(plan: BucketPlan, rows: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """The pairs (lo, hi) of every bucket among `rows` (bucket_rows of any files, one partition
+    of the shuffle), how many reviews dropped, and how many vectors are stored there."""
+    order = np.argsort(rows["bucket"], kind="stable")
+    rows = {name: values[order] for name, values in rows.items()}
+    _, starts = np.unique(rows["bucket"], return_index=True)
+    bounds = list(starts) + [len(rows["bucket"])]
+    found_lo, found_hi, dropped = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], 0
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        lo, hi, _, reviewed = join_bucket(plan, rows["key"][start:stop], rows["id"][start:stop],
+                                          rows["vector"][start:stop], rows["stored"][start:stop])
+        found_lo.append(lo)
+        found_hi.append(hi)
+        dropped += reviewed
+    return np.concatenate(found_lo), np.concatenate(found_hi), dropped, int(np.count_nonzero(rows["stored"]))
 
 
 def components_of_pairs(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

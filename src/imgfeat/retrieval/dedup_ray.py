@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import MissingExtra
-from .buckets import (BucketPlan, bucket_rows, components_of_pairs, file_numbers, groups_frame, join_bucket,
+from .buckets import (BucketPlan, bucket_rows, components_of_pairs, file_numbers, groups_frame, join_buckets,
                       prepare, read_members, read_vectors, stats_of)
 from .dedup import DEFAULT_THRESHOLD
 
@@ -33,21 +33,7 @@ def _bucket_file(plan: BucketPlan, number: int, partitions: int) -> list[dict[st
 
 
 def _join_part(plan: BucketPlan, *parts: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """The pairs (lo, hi) of every bucket in one part, how many reviews dropped, and the
-    vectors stored in the part."""
-    rows = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-    order = np.argsort(rows["bucket"], kind="stable")
-    rows = {name: values[order] for name, values in rows.items()}
-    buckets, starts = np.unique(rows["bucket"], return_index=True)
-    bounds = list(starts) + [len(rows["bucket"])]
-    found_lo, found_hi, dropped = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], 0
-    for start, stop in zip(bounds[:-1], bounds[1:]):
-        lo, hi, _, reviewed = join_bucket(plan, rows["key"][start:stop], rows["id"][start:stop],
-                                          rows["vector"][start:stop], rows["stored"][start:stop])
-        found_lo.append(lo)
-        found_hi.append(hi)
-        dropped += reviewed
-    return np.concatenate(found_lo), np.concatenate(found_hi), dropped, int(rows["stored"].sum())
+    return join_buckets(plan, {name: np.concatenate([p[name] for p in parts]) for name in parts[0]})
 
 
 def find_duplicates_ray(source: Any, threshold: float = DEFAULT_THRESHOLD, *, representative: str = "largest",
