@@ -121,6 +121,9 @@ def test_ray_gives_the_local_groups_and_respects_reviews(features, local, ray_se
     assert _groups(reviewed) != _groups(local)
     _same_frame(reviewed, reviewed_local)
 
+    none = find_duplicates_ray(features, 0.99999, nlist=60, probes=3)
+    assert none.empty and list(none.columns) == list(find_duplicates(features, 0.99999).columns)
+
     out = tmp_path / "cli" / "groups.parquet"
     assert main(["dedup", str(features), "-o", str(out), "--engine", "ray", "--threshold", str(THRESHOLD),
                  "--buckets", "60", "--probes", "3", "--reviews", str(tmp_path / "none.jsonl")]) == 0
