@@ -125,7 +125,10 @@ def plan_buckets(dataset: FeatureDataset, column: str, threshold: float, *, nlis
     """
     if probes < 1:
         raise ConfigError(f"probes must be at least 1, got {probes}")
-    rows = sum(pq.ParquetFile(dataset.fs.open(path, "rb")).metadata.num_rows for path in dataset.files)
+    rows = 0
+    for path in dataset.files:  # the footers only
+        with dataset.fs.open(path, "rb") as fh:
+            rows += pq.ParquetFile(fh).metadata.num_rows
     nlist = nlist or default_nlist(rows)
     sample = training_sample(dataset, column, nlist * SAMPLE_PER_BUCKET, seed)
     if not len(sample):

@@ -89,17 +89,18 @@ def _join_partition(plan: BucketPlan, batches: Iterator[Any]) -> Iterator[Any]:
         "id": np.asarray(table.column("id").to_pylist(), dtype=object),
         "vector": _vectors_of(table.column("vector"), plan.dim)})
     zeros = np.zeros(len(lo), np.int64)
-    yield pa.RecordBatch.from_pydict({"lo": np.append(lo, -1).astype(np.int64), "hi": np.append(hi, -1).astype(np.int64),
+    yield pa.RecordBatch.from_pydict({"lo": np.append(lo, -1), "hi": np.append(hi, -1),
                                       "dropped": np.append(zeros, dropped), "stored": np.append(zeros, stored)})
 
 
 def _read_members(plan: BucketPlan, member_keys: Any, frames: Iterator[Any]) -> Iterator[Any]:
+    """mapInPandas: file numbers -> metadata and vectors (bytes) of the group members in them."""
     keys = member_keys.value
     for frame in frames:
         for number in frame["file"].tolist():
             members = read_members(plan, int(number), keys[file_numbers(keys) == number]).reset_index()
             members["vector"] = [v.astype(np.float32).tobytes() for v in members["vector"]]
-            yield members.astype({"width": "float64", "height": "float64"}).astype({"width": "Int64", "height": "Int64"})
+            yield members.astype({"width": "Int64", "height": "Int64"})  # error-free rows: never null
 
 
 def label_components(pairs: Any, max_rounds: int = MAX_ROUNDS) -> Any:
