@@ -166,11 +166,13 @@ def finetune(source: str | os.PathLike, output: str | os.PathLike, **options: An
     return run_finetune(source, output, **options)
 
 
-def dedup(source: Any, threshold: float | None = None, **options: Any) -> Any:
+def dedup(source: Any, threshold: float | None = None, engine: str = "local", **options: Any) -> Any:
     """Near-duplicate groups of a feature dataset or index, as a pandas.DataFrame.
 
-    See `imgfeat.retrieval.dedup.find_duplicates` for the options (reviews, representative, kind).
+    See `imgfeat.retrieval.dedup.find_duplicates` for the options (reviews, representative, kind);
+    engine="spark" or "ray" groups feature folders on a cluster (`find_duplicates_spark` /
+    `find_duplicates_ray`: the same groups; nlist, probes instead of kind).
     """
-    from .retrieval.dedup import DEFAULT_THRESHOLD, find_duplicates
+    from .retrieval.dedup import DEFAULT_THRESHOLD, dedup_engine
 
-    return find_duplicates(source, DEFAULT_THRESHOLD if threshold is None else threshold, **options)
+    return dedup_engine(engine)(source, DEFAULT_THRESHOLD if threshold is None else threshold, **options)

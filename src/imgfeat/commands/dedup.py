@@ -9,8 +9,12 @@ EPILOG = """\
 examples:
   imgfeat dedup features/ -o groups.parquet --html report.html     (whole images, cosine >= 0.85)
   imgfeat dedup index/ --threshold 0.95 -o groups.parquet --representative first
+  imgfeat dedup features/ -o groups.parquet --engine spark      (MASTER=spark://host:7077 for a cluster)
+  imgfeat dedup s3://bucket/features/ -o groups.parquet --engine ray --buckets 4096
 
 Pairs with cosine similarity >= THRESHOLD are joined into groups (connected components).
+--engine spark|ray gives the same groups on a cluster: vectors go to the --probes nearest of
+--buckets k-means buckets, each bucket is joined exactly on the workers (docs/search.md).
 Reviews in reviews.jsonl (beside the groups file unless --reviews says otherwise) keep the
 ids of a "not-duplicate" record apart: tick them in the HTML report or the web service.
 """
@@ -39,19 +43,35 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="compare whole images (copies: the default where the features hold them) or "
                         "the main objects (the same product in other photos)")
     p.add_argument("--max-neighbors", type=int, default=100, help="neighbours kept per image (default 100)")
+    p.add_argument("--engine", choices=("local", "spark", "ray"), default="local",
+                   help="where to group: this process (default), Spark ($MASTER or local[*]) or Ray "
+                        "($RAY_ADDRESS or a local instance); spark/ray read feature folders, not indexes")
+    p.add_argument("--buckets", type=int, metavar="N",
+                   help="spark/ray: k-means buckets (default sqrt(rows))")
+    p.add_argument("--probes", type=int, metavar="N",
+                   help="spark/ray: buckets each vector is compared in (default 8)")
     p.add_argument("--json", action="store_true", help="print the run's figures as JSON")
     p.set_defaults(handler=_dedup)
 
 
 def _dedup(args: argparse.Namespace) -> int:
-    from ..retrieval.dedup import default_reviews_path, find_duplicates, write_groups
+    from ..errors import ConfigError
+    from ..retrieval.dedup import dedup_engine, default_reviews_path, write_groups
     from ..retrieval.report import write_report
 
     reviews = args.reviews or default_reviews_path(args.output)
     source = args.source[0] if len(args.source) == 1 else args.source
-    groups = find_duplicates(source, args.threshold, representative=args.representative,
-                             reviews=reviews, kind=args.kind, max_neighbors=args.max_neighbors,
-                             vector=args.vector)
+    if args.engine == "local":
+        if args.buckets is not None or args.probes is not None:
+            raise ConfigError("--buckets and --probes are for --engine spark or ray (the local engine uses --kind)")
+        options = {"kind": args.kind}
+    else:
+        if args.kind != "auto":
+            raise ConfigError("--kind is for the local engine (spark and ray use --buckets and --probes)")
+        options = {"nlist": args.buckets, "probes": args.probes or 8}
+    groups = dedup_engine(args.engine)(source, args.threshold, representative=args.representative,
+                                       reviews=reviews, max_neighbors=args.max_neighbors,
+                                       vector=args.vector, **options)
     write_groups(groups, args.output)
     stats = dict(groups.attrs["stats"], output=args.output, reviews=reviews)
     if args.html:

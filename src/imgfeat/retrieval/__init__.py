@@ -4,6 +4,8 @@ the HTML report. Needs the search extra (faiss-cpu, pandas): pip install 'imgfea
     index.py        FeatureIndex (faiss_kinds.py: flat/hnsw/ivf/ivfpq; id_table.py; index_files.py)
     search.py       query images -> the same Features stage -> index.search -> DataFrame
     dedup.py        range search -> pairs -> connected components -> groups
+    buckets.py      the engine-free steps of distributed dedup: k-means buckets, exact join per bucket
+    dedup_spark.py, dedup_ray.py   the same groups on Spark / Ray (dedup --engine)
     reviews.py      reviewers' "not duplicate" verdicts (reviews.jsonl)
     report.py       the HTML report of groups
 """

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -90,9 +90,7 @@ def _open_index(source: Any, kind: str, vector: str) -> FeatureIndex:
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     if len(sources) == 1 and os.path.exists(os.path.join(os.fspath(sources[0]), INDEX_JSON)):
         return FeatureIndex.load(sources[0])
-    if vector == "auto":  # the whole image where the features hold it: copies, not same products
-        vector = "image" if all("image_embedding" in open_features(s).schema.names
-                                or crop_kind(open_features(s)) == "whole-image" for s in sources) else "object"
+    vector = resolve_vector([open_features(s) for s in sources], vector) if vector == "auto" else vector
     if kind == "auto":
         count = sum(open_features(s).count(STATUS_OK) for s in sources)
         # exact below the flat limit; above it IVF-Flat: its scores are exact (no compression),
@@ -102,6 +100,28 @@ def _open_index(source: Any, kind: str, vector: str) -> FeatureIndex:
     for more in sources[1:]:
         index.add(more)
     return index
+
+
+def resolve_vector(datasets: Sequence[Any], vector: str) -> str:
+    """ "image" or "object" for `vector` ("auto": the whole image where all the features hold it:
+    copies, not the same products)."""
+    if vector != "auto":
+        return vector
+    return "image" if all("image_embedding" in d.schema.names or crop_kind(d) == "whole-image"
+                          for d in datasets) else "object"
+
+
+def check_arguments(threshold: float, representative: str) -> None:
+    """Raises ConfigError for a threshold outside (0, 1] or an unknown representative rule."""
+    if not 0.0 < threshold <= 1.0:
+        raise ConfigError(f"threshold is a cosine similarity in (0, 1], got {threshold}")
+    if representative not in REPRESENTATIVES:
+        raise ConfigError(f"representative must be one of {', '.join(REPRESENTATIVES)}, got {representative!r}")
+
+
+def review_records(reviews: str | os.PathLike | Sequence[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The review records of a reviews.jsonl path, or the records themselves."""
+    return load_reviews(reviews) if isinstance(reviews, (str, os.PathLike)) else list(reviews or [])
 
 
 def pairs_within(index: FeatureIndex, vectors: np.ndarray, labels: np.ndarray, threshold: float,
@@ -153,16 +173,13 @@ def find_duplicates(source: Any, threshold: float = DEFAULT_THRESHOLD, *, repres
         ConfigError: a threshold outside (0, 1], an unknown representative rule, or a
             malformed reviews file.
     """
-    if not 0.0 < threshold <= 1.0:
-        raise ConfigError(f"threshold is a cosine similarity in (0, 1], got {threshold}")
-    if representative not in REPRESENTATIVES:
-        raise ConfigError(f"representative must be one of {', '.join(REPRESENTATIVES)}, got {representative!r}")
+    check_arguments(threshold, representative)
     started = time.perf_counter()
     index = _open_index(source, kind, vector)
     indexed = time.perf_counter()
     if nprobe is not None or (not isinstance(source, FeatureIndex) and index.kind in ("ivf", "ivfpq")):
         index.params["nprobe"] = nprobe or DEDUP_NPROBE
-    records = load_reviews(reviews) if isinstance(reviews, (str, os.PathLike)) else list(reviews or [])
+    records = review_records(reviews)
     width = max(index.next_label, 1)
     review_keys = _review_keys(index, records, width)
 
@@ -186,7 +203,7 @@ def find_duplicates(source: Any, threshold: float = DEFAULT_THRESHOLD, *, repres
     in_group = sizes[component[live_labels]] >= 2
     members = live.iloc[np.flatnonzero(in_group)].copy()
     members["component"] = component[live_labels[in_group]]
-    frame = _describe_groups(index, members, representative)
+    frame = describe_groups(members, index.vectors_of_labels, representative)
     stats = {
         "vectors": len(index), "vector": "image" if index.crop == "whole-image" else "object", "kind": index.kind, "threshold": threshold, "pairs": int(len(keys)),
         "pairs_dropped_by_reviews": dropped, "groups": int(frame["group"].nunique()) if len(frame) else 0,
@@ -198,8 +215,16 @@ def find_duplicates(source: Any, threshold: float = DEFAULT_THRESHOLD, *, repres
     return frame
 
 
-def _describe_groups(index: FeatureIndex, members: Any, representative: str) -> Any:
-    """Group numbers (largest first), representatives and member scores."""
+def describe_groups(members: Any, vectors_of: Callable[[np.ndarray], np.ndarray], representative: str) -> Any:
+    """Group numbers (largest first), representatives and member scores: the output frame.
+
+    Args:
+        members: one row per member of a group of two or more: index "id", columns faiss_id
+            (any integer that sorts in indexing order), component, and the index's metadata
+            columns (path, width, height, x1..y2, label).
+        vectors_of: unit vectors of an array of faiss_id values.
+        representative: one of REPRESENTATIVES.
+    """
     import pandas as pd
 
     if members.empty:
@@ -223,8 +248,8 @@ def _describe_groups(index: FeatureIndex, members: Any, representative: str) -> 
     rep_label = order.groupby("group")["faiss_id"].first()
     members["representative"] = members["group"].map(rep_label)
     members["is_representative"] = members["faiss_id"] == members["representative"]
-    vectors = index.vectors_of_labels(members["faiss_id"].to_numpy())
-    rep_vectors = index.vectors_of_labels(members["representative"].to_numpy())
+    vectors = vectors_of(members["faiss_id"].to_numpy())
+    rep_vectors = vectors_of(members["representative"].to_numpy())
     members["score"] = np.clip(np.einsum("ij,ij->i", vectors, rep_vectors), -1.0, 1.0).astype(np.float32)
     members["box"] = [None if np.isnan([a, b, c, d]).any() else [float(a), float(b), float(c), float(d)]
                       for a, b, c, d in members[["x1", "y1", "x2", "y2"]].to_numpy(dtype=np.float64)]
@@ -232,6 +257,26 @@ def _describe_groups(index: FeatureIndex, members: Any, representative: str) -> 
                                   ascending=[True, False, False, True], kind="stable")
     frame = members[list(GROUP_COLUMNS)].reset_index(drop=True)
     return frame.astype({"group": "int64", "size": "int64", "width": "Int64", "height": "Int64"})
+
+
+# engines of `imgfeat dedup --engine`: module and function, imported on use (pyspark and ray are extras)
+DEDUP_ENGINES = {"local": (__name__, "find_duplicates"),
+                 "spark": (__package__ + ".dedup_spark", "find_duplicates_spark"),
+                 "ray": (__package__ + ".dedup_ray", "find_duplicates_ray")}
+
+
+def dedup_engine(name: str) -> Callable[..., Any]:
+    """The grouping function of an engine (find_duplicates and its Spark and Ray twins).
+
+    Raises:
+        ConfigError: an unknown engine.
+    """
+    import importlib
+
+    if name not in DEDUP_ENGINES:
+        raise ConfigError(f"unknown dedup engine {name!r}: one of {', '.join(DEDUP_ENGINES)}")
+    module, function = DEDUP_ENGINES[name]
+    return getattr(importlib.import_module(module), function)
 
 
 def write_groups(frame: Any, path: str | os.PathLike) -> None:
