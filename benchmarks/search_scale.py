@@ -33,8 +33,6 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from imgfeat.retrieval.dedup import find_duplicates  # noqa: E402
-# feature_files and iter_feature_batches left retrieval.index in the package split: imported where used,
-# so that write_synthetic stays importable (benchmarks/scale.py); main() needs them back (not fixed)
 from imgfeat.schema import output_schema  # noqa: E402
 
 
@@ -99,15 +97,21 @@ def write_synthetic(folder: Path, n: int, dim: int, clusters: int, noise: float,
     return np.concatenate(planted)
 
 
+def vector_batches(folder: Path, dim: int):
+    """The ok rows' vectors of a feature folder, batch by batch (bounded memory)."""
+    from imgfeat.dataset import embedding_matrix, open_features
+
+    for batch in open_features(folder).iter_batches(["embedding"], status="ok"):
+        yield embedding_matrix(batch.column("embedding"), dim)
+
+
 def exact_top10(folder: Path, dim: int, queries: np.ndarray) -> np.ndarray:
     """Exact top-10 row numbers for the queries, streaming the vectors through IndexFlatIP."""
     import faiss
 
-    from imgfeat.retrieval.index import feature_files, iter_feature_batches
-
     flat = faiss.IndexFlatIP(dim)
-    for batch in iter_feature_batches(feature_files(folder).files, dim, 0, with_meta=False, with_codes=False):
-        flat.add(batch.vectors)
+    for vectors in vector_batches(folder, dim):
+        flat.add(vectors)
     return flat.search(queries, 10)[1]
 
 
@@ -125,7 +129,7 @@ def main() -> int:
     parser.add_argument("--workdir", default="/tmp/imgfeat-search-scale")
     parser.add_argument("--json-out", default=str(Path(__file__).parent / "results" / "search_scale.json"))
     args = parser.parse_args()
-    from imgfeat.retrieval.index import FeatureIndex, feature_files, iter_feature_batches
+    from imgfeat.retrieval.index import FeatureIndex
 
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
@@ -159,10 +163,10 @@ def main() -> int:
     rng = np.random.default_rng(7)
     rows = np.sort(rng.choice(args.n, args.queries, replace=False))
     picked, seen = [], 0  # pick the query rows while streaming, to keep memory bounded
-    for b in iter_feature_batches(feature_files(features).files, args.dim, 0, with_meta=False, with_codes=False):
-        lo, hi = np.searchsorted(rows, [seen, seen + len(b.ids)])
-        picked.append(b.vectors[rows[lo:hi] - seen])
-        seen += len(b.ids)
+    for vectors in vector_batches(features, args.dim):
+        lo, hi = np.searchsorted(rows, [seen, seen + len(vectors)])
+        picked.append(vectors[rows[lo:hi] - seen])
+        seen += len(vectors)
     queries = np.concatenate(picked)
     queries = queries + 0.05 * rng.standard_normal(queries.shape).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
