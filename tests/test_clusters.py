@@ -244,19 +244,24 @@ def ray_cluster():
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_USAGE_STATS_ENABLED="0",
                PYTHONPATH=os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])))
     env.pop("RAY_ADDRESS", None)
-    port, client_port = free_port(), free_port()
+    port = free_port()
+    # the head starts a Ray Client server only when ray[client]'s packages are installed (on
+    # Ray's default port 10001, shared by every cluster on the machine): give it a free one then
+    from ray._private.utils import get_ray_client_dependency_error
+
+    client = [] if get_ray_client_dependency_error() else ["--ray-client-server-port", str(free_port())]
     common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--object-store-memory", str(100 * 2**20),
               "--disable-usage-stats"]
     try:
         for command in (
-            [ray_cli, "start", "--head", "--port", str(port), "--ray-client-server-port", str(client_port),
+            [ray_cli, "start", "--head", "--port", str(port), *client,
              "--include-dashboard", "false", "--temp-dir", str(tmp / "head"), *common, *ray_ports()],
             [ray_cli, "start", "--address", f"127.0.0.1:{port}", "--temp-dir", str(tmp / "node"),
              *common, *ray_ports()],
         ):
             done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
             assert done.returncode == 0, done.stderr[-3000:]
-        yield f"127.0.0.1:{port}", f"ray://127.0.0.1:{client_port}", env, tmp
+        yield f"127.0.0.1:{port}", env, tmp
     finally:
         kill_tree([p.pid for p in psutil.process_iter() if str(tmp) in " ".join(_cmdline(p))])
         shutil.rmtree(tmp, ignore_errors=True)
@@ -277,7 +282,7 @@ def ray_actors(tmp: Path) -> list:
 @pytest.mark.slow
 @pytest.mark.ray
 def test_two_node_ray_cluster_survives_a_killed_actor(ray_cluster, images, local_reference, tmp_path):
-    address, _, env, tmp = ray_cluster
+    address, env, tmp = ray_cluster
     output = tmp_path / "out"
     command = [sys.executable, "-m", "imgfeat.cli", "extract", str(images), "-o", str(output),
                "--engine", "ray", "--address", address, *FAST_ARGS]
