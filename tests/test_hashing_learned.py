@@ -156,3 +156,16 @@ def test_cli_train_hash_then_extract_with_it(blob_folder, tmp_path, capsys):
                      "--method", "itq", "--views", "0"])
     assert code == 1
     assert "must be <= the embedding size" in capsys.readouterr().err
+
+
+def test_cli_records_the_hash_file_as_an_absolute_path(blob_folder, tmp_path, monkeypatch):
+    """Search and serve read the hash file again from the manifest, from any folder."""
+    features = tmp_path / "features"
+    imgfeat.extract(blob_folder, features, **FAST_MODELS)
+    assert cli.main(["train-hash", str(features), "-o", str(tmp_path / "h.npz"), "--bits", "64",
+                     "--method", "deepbit", "--views", "2", "--epochs", "2", "--no-progress"]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["extract", str(blob_folder), "-o", "coded", "--hash", "h.npz", "--detector", "test-blob",
+                     "--embedder", "test-tiny", "--workers", "0", "--no-progress"]) == 0
+    recorded = json.loads((tmp_path / "coded" / "_manifest.json").read_text())["config"]["embed"]["hasher"]
+    assert recorded == str(tmp_path / "h.npz")

@@ -131,8 +131,10 @@ def _extract(args: argparse.Namespace) -> int:
     options = dict(
         detector="none" if args.no_detect else args.detector, embedder=args.embedder,
         score_threshold=args.score_threshold, select=args.select, margin=args.margin,
-        dtype=args.dtype, whole_image=not args.no_image_vector, code_bits=args.code_bits, hasher=args.hash, batch_size=args.batch_size,
-        # an absolute path: search and serve read it again from the manifest, from anywhere
+        dtype=args.dtype, whole_image=not args.no_image_vector, code_bits=args.code_bits,
+        # absolute paths: search and serve read the hash and whitening files again from the
+        # manifest, from whatever folder they run in
+        hasher=args.hash if args.hash == "rproj" else os.path.abspath(args.hash), batch_size=args.batch_size,
         whiten=os.path.abspath(args.whiten) if args.whiten else None, scales=args.embed_scales, flip=args.embed_flip,
         workers=args.workers, streams=args.streams, threads=args.threads, device=args.device, runtime=args.runtime,
         precision=args.precision,
