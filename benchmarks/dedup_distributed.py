@@ -27,12 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from imgfeat.schema import output_schema  # noqa: E402
+from search_scale import write_manifest, write_shard  # noqa: E402  (benchmarks/ is on sys.path)
 
 
 def write_synthetic(folder: Path, n: int, dim: int, shard_rows: int, seed: int = 0) -> int:
@@ -52,21 +51,8 @@ def write_synthetic(folder: Path, n: int, dim: int, shard_rows: int, seed: int =
             (len(copies), dim)).astype(np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         planted += len(copies)
-        ids = [f"{start + i:016x}" for i in range(m)]
-        table = pa.table({
-            "id": ids, "path": [f"synthetic/{i}.jpg" for i in ids], "status": ["ok"] * m, "error": [None] * m,
-            "width": pa.array(rng.integers(200, 2000, m), pa.int32()),
-            "height": pa.array(rng.integers(200, 2000, m), pa.int32()),
-            "box": pa.FixedSizeListArray.from_arrays(pa.array(np.tile([0, 0, 100, 100], m), pa.float32()), 4),
-            "label": [None] * m, "score": pa.array([None] * m, pa.float32()), "crop": ["full:detect-off"] * m,
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), dim),
-            "code": pa.array([c.tobytes() for c in np.packbits(x > 0, axis=1)], pa.binary(dim // 8)),
-            "detector": ["none"] * m, "embedder": ["synthetic"] * m, "hasher": ["sign"] * m,
-        }, schema=schema)
-        pq.write_table(table, folder / f"part-{shard:05d}.parquet", compression="zstd")
-    manifest = {"models": {"detector": "none", "embedder": "synthetic", "hasher": "sign"},
-                "config": {}, "num_shards": shard + 1, "inputs": n}
-    (folder / "_manifest.json").write_text(json.dumps(manifest))
+        write_shard(folder, shard, start, x, rng, schema)
+    write_manifest(folder, shard + 1, n)
     return planted
 
 

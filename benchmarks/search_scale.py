@@ -58,6 +58,30 @@ class PeakRss:
         self.peak = max(self.peak, self.process.memory_info().rss)
 
 
+def write_shard(folder: Path, shard: int, start: int, x: np.ndarray, rng: np.random.Generator,
+                schema: pa.Schema) -> None:
+    """One Parquet shard of synthetic feature rows (whole-image vectors `x`, sign codes)."""
+    m, dim = x.shape
+    ids = [f"{start + i:016x}" for i in range(m)]
+    table = pa.table({
+        "id": ids, "path": [f"synthetic/{i}.jpg" for i in ids], "status": ["ok"] * m, "error": [None] * m,
+        "width": pa.array(rng.integers(200, 2000, m), pa.int32()),
+        "height": pa.array(rng.integers(200, 2000, m), pa.int32()),
+        "box": pa.FixedSizeListArray.from_arrays(pa.array(np.tile([0, 0, 100, 100], m), pa.float32()), 4),
+        "label": [None] * m, "score": pa.array([None] * m, pa.float32()), "crop": ["full:detect-off"] * m,
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), dim),
+        "code": pa.array([c.tobytes() for c in np.packbits(x > 0, axis=1)], pa.binary(dim // 8)),
+        "detector": ["none"] * m, "embedder": ["synthetic"] * m, "hasher": ["sign"] * m,
+    }, schema=schema)
+    pq.write_table(table, folder / f"part-{shard:05d}.parquet", compression="zstd")
+
+
+def write_manifest(folder: Path, shards: int, inputs: int) -> None:
+    manifest = {"models": {"detector": "none", "embedder": "synthetic", "hasher": "sign"},
+                "config": {}, "num_shards": shards, "inputs": inputs}
+    (folder / "_manifest.json").write_text(json.dumps(manifest))
+
+
 def write_synthetic(folder: Path, n: int, dim: int, clusters: int, noise: float, dup_fraction: float,
                     dup_noise: float, chunk: int, seed: int) -> np.ndarray:
     """Write n rows in shards of `chunk`; returns the planted (source, duplicate) row pairs."""
@@ -79,21 +103,8 @@ def write_synthetic(folder: Path, n: int, dim: int, clusters: int, noise: float,
         x[dups] = x[sources] + dup_noise * rng.standard_normal((len(dups), dim)).astype(np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         planted.append(np.stack([sources + start, dups + start], axis=1))
-        ids = [f"{start + i:016x}" for i in range(m)]
-        table = pa.table({
-            "id": ids, "path": [f"synthetic/{i}.jpg" for i in ids], "status": ["ok"] * m, "error": [None] * m,
-            "width": pa.array(rng.integers(200, 2000, m), pa.int32()),
-            "height": pa.array(rng.integers(200, 2000, m), pa.int32()),
-            "box": pa.FixedSizeListArray.from_arrays(pa.array(np.tile([0, 0, 100, 100], m), pa.float32()), 4),
-            "label": [None] * m, "score": pa.array([None] * m, pa.float32()), "crop": ["full:detect-off"] * m,
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), dim),
-            "code": pa.array([c.tobytes() for c in np.packbits(x > 0, axis=1)], pa.binary(dim // 8)),
-            "detector": ["none"] * m, "embedder": ["synthetic"] * m, "hasher": ["sign"] * m,
-        }, schema=schema)
-        pq.write_table(table, folder / f"part-{shard:05d}.parquet", compression="zstd")
-    manifest = {"models": {"detector": "none", "embedder": "synthetic", "hasher": "sign"},
-                "config": {}, "num_shards": shard + 1, "inputs": n}
-    (folder / "_manifest.json").write_text(json.dumps(manifest))
+        write_shard(folder, shard, start, x, rng, schema)
+    write_manifest(folder, shard + 1, n)
     return np.concatenate(planted)
 
 
