@@ -45,3 +45,15 @@ def mixed_folder(tmp_path: Path) -> Path:
         blob_image(folder / f"good{i}.jpg", offset=i * 10)
     (folder / "dangling.jpg").symlink_to(tmp_path / "does-not-exist.jpg")
     return folder
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray instance for the module (2 CPUs), or the one already running."""
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    if started:
+        ray.shutdown()

@@ -103,7 +103,7 @@ def test_bucket_join_finds_every_pair_when_the_buckets_cover_everything(features
 
 
 @pytest.mark.ray
-def test_ray_gives_the_local_groups_and_respects_reviews(features, local, ray_session, tmp_path):
+def test_ray_gives_the_local_groups_and_respects_reviews(features, local, ray_local, tmp_path):
     from imgfeat.retrieval.dedup_ray import find_duplicates_ray
 
     groups = find_duplicates_ray(features, THRESHOLD, nlist=60, probes=3, partitions=3)
@@ -136,17 +136,6 @@ def test_engine_options_are_checked(features, tmp_path, capsys):
     assert "--buckets and --probes are for --engine spark or ray" in capsys.readouterr().err
     assert main(["dedup", str(features), "-o", out, "--engine", "ray", "--kind", "hnsw"]) != 0
     assert "--kind is for the local engine" in capsys.readouterr().err
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -47,17 +47,6 @@ def spark():
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def photo_folder(tmp_path_factory) -> Path:
     """Real photos with bad files mixed in, and a dangling link."""
     folder = tmp_path_factory.mktemp("engines") / "photos"
