@@ -137,3 +137,44 @@ def test_aspect_kept_input_keeps_the_main_object_on_sample_photos():
         compared += 1
         same += bool(len(got)) and got[0, 5] == ref[0, 5] and _iou(got[0, :4], ref[0, :4]) >= 0.7
     assert compared >= 10 and same >= compared - 2, (same, compared)  # 12 of 14 here: 2 near-ties
+
+
+def test_detect_size_and_square_reach_the_detector_from_config_and_cli(tmp_path):
+    from imgfeat.config import PipelineConfig
+    from imgfeat.runners.base import config_fingerprint
+    from imgfeat.stages import Features
+
+    options = dict(embedder="test-tiny", runtime="onnxruntime", precision="fp32")
+    features = Features(PipelineConfig.from_options(detect_input_size=384, keep_aspect=False, **options))
+    fake = features.detector.model = _FakeHeads(cell=(1, 1), ltrb=(1.0, 1.0, 1.0, 1.0))
+    features.detector([np.zeros((480, 640, 3), np.uint8)])
+    assert fake.inputs[0].shape == (1, 384, 384, 3)  # square letterbox at the asked size
+
+    default = PipelineConfig.from_options(**options)
+    assert Features(default).detector.spec.size == (512, 512) and Features(default).detector.keep_aspect
+    # the defaults leave the fingerprint as it was before the settings existed (old outputs resume);
+    # any other value is another output
+    before = {k: v for k, v in default.to_dict().items() if k != "run"}
+    for key in ("input_size", "keep_aspect"):
+        del before["detect"][key]
+    assert config_fingerprint(default) == hashlib.sha256(
+        __import__("json").dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    assert config_fingerprint(PipelineConfig.from_options(detect_input_size=384, **options)) != \
+        config_fingerprint(default)
+
+
+def test_detect_size_errors_are_clear(tmp_path, capsys):
+    from imgfeat.cli import main
+    from imgfeat.config import PipelineConfig
+    from imgfeat.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="multiple of 128"):
+        from imgfeat.stages import Features
+
+        Features(PipelineConfig.from_options(detect_input_size=300, embedder="test-tiny", runtime="onnxruntime"))
+    with pytest.raises(ConfigError, match="input_size must be positive"):
+        PipelineConfig.from_options(detect_input_size=-1)
+    samples = Path(__file__).resolve().parent.parent / "samples"
+    code = main(["extract", str(samples), "-o", str(tmp_path / "o"), "--detect-size", "333",
+                 "--embedder", "test-tiny", "--runtime", "onnxruntime", "--no-progress"])
+    assert code != 0 and "multiple of 128" in capsys.readouterr().err

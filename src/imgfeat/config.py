@@ -53,6 +53,11 @@ class DetectConfig:
         margin: fraction of the box size added on each side of the crop.
         batch_size: images per detector call; 0 picks one for the device
             (`PipelineConfig.detect_batch_size`).
+        input_size: the long side of the detector's input in pixels; 0 keeps the model's own
+            (512 for centernet-mbv3: 384 ran ~1.3x faster but lost the main object on 3 of the
+            14 sample photos, 256 loses more; docs/benchmarks.md).
+        keep_aspect: feed the image with its aspect ratio kept (the short side padded to a
+            multiple of 128); False letterboxes it into the model's square as before.
     """
 
     model: str = "centernet-mbv3"
@@ -60,6 +65,8 @@ class DetectConfig:
     select: str = "score"
     margin: float = 0.05
     batch_size: int = 0
+    input_size: int = 0
+    keep_aspect: bool = True
 
     def __post_init__(self) -> None:
         if self.select not in ("score", "score_area", "stable"):
@@ -71,6 +78,17 @@ class DetectConfig:
         if self.batch_size < 0:
             raise ConfigError(f"detector batch_size must be >= 1 (or 0 for the device's default), "
                               f"got {self.batch_size}")
+        if self.input_size < 0:
+            raise ConfigError(f"detector input_size must be positive (or 0 for the model's own), "
+                              f"got {self.input_size}")
+
+    @property
+    def input_options(self) -> dict[str, Any]:
+        """The detector keyword arguments these settings ask for beyond the model's defaults."""
+        options: dict[str, Any] = {"input_size": self.input_size} if self.input_size else {}
+        if not self.keep_aspect:
+            options["keep_aspect"] = False
+        return options
 
     @property
     def enabled(self) -> bool:

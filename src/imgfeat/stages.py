@@ -15,7 +15,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +23,7 @@ import pyarrow as pa
 from .config import DecodeConfig, PipelineConfig
 from .crop import crop, expand_box, scale_box, select_main
 from .decode import Decoded, decode_image
+from .errors import ConfigError
 from .models import create_detector, create_embedder, create_hasher
 from .models.embedders import with_views
 from .schema import (
@@ -112,6 +113,19 @@ class ReadDecode:
         return ImageBatch(list(items), decoded, {"read": read_done - start, "decode": time.perf_counter() - read_done})
 
 
+def _detector(config: PipelineConfig, kwargs: dict[str, Any]) -> Any:
+    """The configured detector; input settings it cannot take are a configuration error."""
+    options = config.detect.input_options
+    try:
+        return create_detector(config.detect.model, min_score=config.detect.score_threshold, **options, **kwargs)
+    except TypeError as exc:
+        if not options:
+            raise
+        raise ConfigError(f"detector {config.detect.model!r} does not take the input settings "
+                          f"{sorted(options)}: leave --detect-size / --detect-square at their defaults "
+                          "for it") from exc
+
+
 class Features:
     """Detect the main object, crop, embed and hash a batch of decoded images.
 
@@ -126,8 +140,7 @@ class Features:
         kwargs = {"device": config.run.device, "threads": config.inference_threads,
                   "runtime": config.run.runtime, "precision": config.run.precision}
         # min_score: the detector may skip what select_main would ignore
-        self.detector = (create_detector(config.detect.model, min_score=config.detect.score_threshold, **kwargs)
-                         if config.detect.enabled else None)
+        self.detector = _detector(config, kwargs) if config.detect.enabled else None
         self.embedder = with_views(create_embedder(config.embed.model, **kwargs), config.embed.scales,
                                    config.embed.flip)
         # the stored vectors: the embedder's, or whitened to the whitening's (smaller) size

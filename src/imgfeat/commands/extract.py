@@ -65,6 +65,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"detections within 0.1 of the best score (stable) (default {d_det.select})")
     g.add_argument("--margin", type=float, default=d_det.margin,
                    help=f"crop margin as a fraction of the box (default {d_det.margin})")
+    g.add_argument("--detect-size", type=int, default=d_det.input_size, metavar="PX",
+                   help="long side of the detector's input (default: the model's own, 512 for "
+                        "centernet-mbv3, which takes multiples of 128; smaller is faster and misses small objects)")
+    g.add_argument("--detect-square", action="store_true",
+                   help="letterbox into the detector's square input instead of keeping the aspect ratio")
     g.add_argument("--no-image-vector", action="store_true",
                    help="store only the main object's vector, not also the whole image's (image_embedding)")
     g.add_argument("--dtype", choices=("float32", "float16"), default=d_emb.dtype, help="embedding storage type")
@@ -131,6 +136,7 @@ def _extract(args: argparse.Namespace) -> int:
     options = dict(
         detector="none" if args.no_detect else args.detector, embedder=args.embedder,
         score_threshold=args.score_threshold, select=args.select, margin=args.margin,
+        detect_input_size=args.detect_size, keep_aspect=not args.detect_square,
         dtype=args.dtype, whole_image=not args.no_image_vector, code_bits=args.code_bits,
         # absolute paths: search and serve read the hash and whitening files again from the
         # manifest, from whatever folder they run in

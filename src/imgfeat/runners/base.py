@@ -79,9 +79,17 @@ class RunReport:
                 "output_rows": self.output_rows, "output_failed": self.output_failed}
 
 
+# settings added after outputs already existed: left out of the fingerprint while they hold the
+# value that reproduces those outputs, so an output written before them still resumes
+_ADDED_LATER = {("detect", "input_size"): 0, ("detect", "keep_aspect"): True}
+
+
 def config_fingerprint(config: PipelineConfig) -> str:
     """What must match for a resumed run to continue an output: everything that shapes rows."""
     relevant = {k: v for k, v in config.to_dict().items() if k != "run"}
+    for (stage, name), default in _ADDED_LATER.items():
+        if relevant[stage].get(name) == default:
+            relevant[stage] = {k: v for k, v in relevant[stage].items() if k != name}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
