@@ -216,3 +216,23 @@ def test_spark_adds_to_a_local_output(source, tmp_path):
     assert {name: digests(out)[name] for name in before} == before
     assert rows(out).id.is_unique and len(rows(out)) == 10
     assert [r["engine"] for r in manifest(out)["runs"]] == ["local", "spark"]
+
+
+@pytest.mark.ray
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")
+@pytest.mark.filterwarnings("ignore::FutureWarning:ray")
+def test_ray_adds_to_a_local_output_and_prunes(source, tmp_path, ray_local):
+    out = tmp_path / "out"
+    imgfeat.extract(source, out, shard_size=3, **FAST_MODELS)
+    before = digests(out)
+    add_images(source, 7, 4)
+    report = imgfeat.extract(source, out, shard_size=3, engine="ray", **FAST_MODELS)
+    assert (report.processed, report.skipped) == (4, 7)
+    assert {name: digests(out)[name] for name in before} == before
+    assert rows(out).id.is_unique and len(rows(out)) == 11
+    (source / "img008.jpg").unlink()
+    report = imgfeat.extract(source, out, shard_size=3, engine="ray", prune=True, **FAST_MODELS)
+    assert (report.processed, report.pruned) == (0, 1)
+    assert rows(out).id.is_unique and len(rows(out)) == 10
+    assert not rows(out).path.str.endswith("img008.jpg").any()
+    assert [r["engine"] for r in manifest(out)["runs"]] == ["local", "ray", "ray"]
