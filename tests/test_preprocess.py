@@ -48,3 +48,46 @@ def test_letterbox_into_a_float_slot_equals_the_uint8_square():
     assert filled is slot and factor == same_factor == 50 / 64
     np.testing.assert_array_equal(slot, square.astype(np.float32))
     assert not square[39:].any() and square[:38, :64].any()  # 30 * 64/50 = 38.4 -> 38 rows
+
+
+def test_shrink_by_halves_is_an_exact_box_average_and_stops_under_twice_the_target():
+    from imgfeat.models.preprocess import shrink_by_halves
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (101, 64, 3), dtype=np.uint8)
+    halved = shrink_by_halves(image, 40, 10)  # rows: 101 -> 50 (odd row dropped); cols 64 -> 32 -> 16
+    assert halved.shape == (50, 16, 3)
+    blocks = image[:100].astype(np.float64).reshape(50, 2, 16, 4, 3).mean(axis=(1, 3))
+    assert np.abs(halved - blocks).max() <= 1  # rounding only
+    assert shrink_by_halves(image, 60, 40) is image  # nothing is twice its target
+
+
+def test_area_resize_stays_close_to_opencv_inter_area_on_a_photo():
+    import cv2
+    from PIL import Image
+    from pathlib import Path
+
+    photo = np.asarray(Image.open(Path(__file__).resolve().parent.parent / "samples" / "dog.jpg").convert("RGB"))
+    big = cv2.resize(photo, (1024, 768), interpolation=cv2.INTER_CUBIC)
+    ours = resize(big, (224, 224), "area").astype(np.int16)
+    reference = cv2.resize(big, (224, 224), interpolation=cv2.INTER_AREA).astype(np.int16)
+    assert np.abs(ours - reference).mean() < 3.0
+    assert np.abs(ours - resize(big, (224, 224), "linear")).mean() > np.abs(ours - reference).mean()
+
+
+def test_an_output_resized_another_way_is_not_resumed(tmp_path, blob_folder):
+    import json
+
+    import imgfeat
+    from imgfeat.errors import OutputError
+    from conftest import FAST_MODELS
+
+    out = tmp_path / "out"
+    imgfeat.extract(blob_folder, out, shard_size=3, **FAST_MODELS)
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["model_digests"]["preprocess"] == "halves-v2"
+    imgfeat.extract(blob_folder, out, shard_size=3, **FAST_MODELS)  # same version: resumes (nothing to do)
+    del manifest["model_digests"]["preprocess"]  # as written before the key existed (INTER_AREA)
+    (out / "_manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(OutputError, match="resized images another way"):
+        imgfeat.extract(blob_folder, out, shard_size=3, **FAST_MODELS)

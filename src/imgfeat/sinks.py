@@ -40,6 +40,9 @@ from .errors import OutputError
 from .sources import Item
 from .storage import atomic_write, classify, is_temporary, local_path, temporary_target
 
+# what resized the images of outputs whose manifest does not say (models/preprocess.RESIZE_VERSION)
+PREPROCESS_UNRECORDED = "area-v1"
+
 MANIFEST = "_manifest.json"
 WRITE_CHECK = ".imgfeat-write-check"  # written and removed by `prepare`; a kill may leave it
 FORMAT_VERSION = 1
@@ -200,6 +203,12 @@ class ParquetSink:
             if before and now and before != now:
                 raise OutputError(f"{self.output} was made with another {role} file (digest {before}, this run "
                                   f"{now}): its rows would not match; use another output folder, or --overwrite")
+        before = (existing.get("model_digests") or {}).get("preprocess", PREPROCESS_UNRECORDED) if existing else None
+        now = (settings.get("model_digests") or {}).get("preprocess")
+        if before and now and before != now:
+            raise OutputError(f"{self.output} was made by an imgfeat that resized images another way ({before}; "
+                              f"this one: {now}): new rows would not match its vectors; extract into another "
+                              "output folder, or --overwrite")
         self.clean_temporary()
         if prune:
             self._check_prune(items)

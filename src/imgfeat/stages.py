@@ -26,6 +26,7 @@ from .decode import Decoded, decode_image
 from .errors import ConfigError
 from .models import create_detector, create_embedder, create_hasher
 from .models.embedders import with_views
+from .models.preprocess import RESIZE_VERSION
 from .schema import (
     CROP_FULL_DETECT_OFF, CROP_FULL_NO_DETECTION, CROP_OBJECT, FeatureRows, feature_table, output_schema,
 )
@@ -158,6 +159,7 @@ class Features:
             "detector": getattr(self.detector, "digest", None),
             "embedder": getattr(self.embedder, "digest", None),
             "runtime": getattr(self.embedder, "runtime", None),  # what ran the models, for the manifest
+            "preprocess": RESIZE_VERSION,  # how images were resized for the models
         }
         if self.whitening:
             self.digests["whitening"] = self.whitening.digest
