@@ -138,6 +138,31 @@ def test_ivf_parts_share_one_quantiser_and_match_one_ivf_index(data, tmp_path):
     assert sharded.search(queries, k=10)[1] == exact[1]
 
 
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_memory_mapped_parts_answer_the_same_and_are_read_only(data, tmp_path, kind):
+    _, ids, folder = data
+    params = {"nlist": 16, "nprobe": 4} if kind == "ivf" else None
+    built = build_sharded(folder, tmp_path / kind, 2, kind=kind, params=params)
+    mapped = imgfeat.load_index(tmp_path / kind, mmap=True)
+    assert mapped.mmap and len(mapped) == 3000
+    queries = clustered(20, dim=64, clusters=60, seed=5)
+    want_scores, want_ids = built.search(queries, k=10)
+    got_scores, got_ids = mapped.search(queries, k=10)
+    assert got_ids == want_ids
+    np.testing.assert_allclose(got_scores, want_scores, atol=1e-6)
+    np.testing.assert_allclose(mapped.vectors(ids[:3]), built.vectors(ids[:3]))
+    with pytest.raises(ConfigError, match="read-only"):
+        mapped.remove(ids[:1])
+    assert len(mapped) == 3000
+
+
+def test_memory_mapping_a_single_index_is_refused(data, tmp_path):
+    FeatureIndex.build(data[2], kind="flat").save(tmp_path / "one")
+    with pytest.raises(ConfigError, match="single index"):
+        imgfeat.load_index(tmp_path / "one", mmap=True)
+    assert isinstance(imgfeat.load_index(tmp_path / "one"), FeatureIndex)
+
+
 def test_remove_routes_to_parts_and_saves_in_place(data, tmp_path):
     _, ids, folder = data
     path = tmp_path / "idx"

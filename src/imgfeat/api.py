@@ -145,11 +145,14 @@ def index(features: str | os.PathLike | Sequence[str | os.PathLike], output: str
     return built
 
 
-def load_index(path: str | os.PathLike) -> "FeatureIndex | ShardedIndex":
-    """An index folder written by `imgfeat index` or `imgfeat.index(..., output)`, single or sharded."""
+def load_index(path: str | os.PathLike, *, mmap: bool = False) -> "FeatureIndex | ShardedIndex":
+    """An index folder written by `imgfeat index` or `imgfeat.index(..., output)`, single or sharded.
+
+    `mmap=True` maps a sharded index's vectors from its files instead of reading them (read-only).
+    """
     from .retrieval.sharded import open_index
 
-    return open_index(path)
+    return open_index(path, mmap=mmap)
 
 
 def search(index: "FeatureIndex | ShardedIndex | str | os.PathLike", images: Sequence[Any] | None = None, *,

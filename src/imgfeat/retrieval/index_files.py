@@ -64,8 +64,15 @@ def read_index_json(path: str | os.PathLike) -> dict[str, Any]:
     return info
 
 
-def read_index_folder(path: str | os.PathLike) -> IndexParts:
+def read_index_folder(path: str | os.PathLike, mmap: bool = False) -> IndexParts:
     """Read an index folder.
+
+    Args:
+        path: the folder.
+        mmap: map the float index's vectors / inverted lists from the file instead of reading
+            them into memory (pages come in as searches touch them, and the kernel can drop
+            them again). The result must then be treated as read-only: FAISS crashes, rather
+            than raises, on removing from or adding to a mapped index.
 
     Raises:
         SourceError: not an index folder, or one of another format version.
@@ -84,7 +91,10 @@ def read_index_folder(path: str | os.PathLike) -> IndexParts:
                           "rebuild it with this version of imgfeat")
     binary = faiss.read_index_binary(os.path.join(path, CODES_FILE)) if info.get("code_bytes") else None
     removed_path = os.path.join(path, REMOVED_FILE)
-    return IndexParts(info, faiss.read_index(os.path.join(path, VECTORS_FILE)), binary,
+    flags = 0
+    if mmap:  # inverted lists map with IO_FLAG_MMAP; flat (and HNSW) storage with _IFC; the two don't mix
+        flags = faiss.IO_FLAG_MMAP if info.get("kind") in ("ivf", "ivfpq") else faiss.IO_FLAG_MMAP_IFC
+    return IndexParts(info, faiss.read_index(os.path.join(path, VECTORS_FILE), flags), binary,
                       pd.read_parquet(os.path.join(path, IDS_FILE)).set_index("id"),
                       np.load(removed_path, allow_pickle=False) if os.path.exists(removed_path) else None)
 

@@ -39,8 +39,8 @@ from ..schema import STATUS_OK
 from .faiss_kinds import MIN_TRAIN_VECTORS, choose_kind, faiss_module, get_kind, new_binary_index
 from .id_table import as_id_list, unknown_ids
 from .index import FeatureIndex
-from .index_files import FORMAT_VERSION, PART_PREFIX, check_index_target, read_index_json, swap_in, \
-    temporary_folder, write_index_json
+from .index_files import FORMAT_VERSION, PART_PREFIX, check_index_target, read_index_folder, read_index_json, \
+    swap_in, temporary_folder, write_index_json
 
 SPLIT = "files"  # how rows are split into parts: contiguous groups of feature files
 
@@ -155,15 +155,34 @@ def build_sharded(features: str | os.PathLike | Sequence[str | os.PathLike], out
     return ShardedIndex.load(path, lazy=True)
 
 
-def open_index(path: str | os.PathLike) -> "FeatureIndex | ShardedIndex":
+def open_index(path: str | os.PathLike, mmap: bool = False) -> "FeatureIndex | ShardedIndex":
     """Load an index folder, single or sharded (what `imgfeat.load_index` does).
+
+    Args:
+        path: the folder.
+        mmap: map a sharded index's vectors from its files (read-only; see `ShardedIndex.load`).
 
     Raises:
         SourceError: not an index folder, or a part missing or unreadable.
+        ConfigError: mmap for a single index (it can be changed in place, which a mapped
+            FAISS index does not survive).
     """
     if read_index_json(path).get("sharded"):
-        return ShardedIndex.load(path)
+        return ShardedIndex.load(path, mmap=mmap)
+    if mmap:
+        raise ConfigError(f"{os.fspath(path)} is a single index; memory-mapped loading is for sharded indexes "
+                          "(build with --shards N)")
     return FeatureIndex.load(path)
+
+
+def _load_part(folder: str) -> FeatureIndex:
+    """A part read with its float index memory-mapped (as `FeatureIndex.load`, read-only)."""
+    parts = read_index_folder(folder, mmap=True)
+    info = parts.info
+    return FeatureIndex(info["kind"], info["dim"], info.get("code_bytes", 0), info.get("models") or {},
+                        info.get("config") or {}, info.get("params") or {}, parts.float_index, parts.binary_index,
+                        parts.meta, info["next_label"], parts.removed, info.get("sources"), info.get("created"),
+                        info.get("crop", "object"))
 
 
 def _merge(results: list[tuple[np.ndarray, list[list[str | None]]]], k: int, descending: bool,
@@ -197,8 +216,9 @@ class ShardedIndex:
             every part at each search (change `nprobe` / `ef_search` here).
     """
 
-    def __init__(self, path: str, info: dict[str, Any]):
+    def __init__(self, path: str, info: dict[str, Any], mmap: bool = False):
         self.path = path
+        self.mmap = mmap
         self.info = info
         self.kind = info["kind"]
         self.dim = int(info["dim"])
@@ -215,13 +235,16 @@ class ShardedIndex:
         self._changed: set[int] = set()
 
     @classmethod
-    def load(cls, path: str | os.PathLike, lazy: bool = False) -> "ShardedIndex":
+    def load(cls, path: str | os.PathLike, lazy: bool = False, mmap: bool = False) -> "ShardedIndex":
         """Open a sharded index folder.
 
         Args:
             path: the folder `build_sharded` wrote.
             lazy: read each part when it is first needed instead of now (a bad part then
                 fails the first search rather than the load).
+            mmap: map the parts' float vectors from their files instead of reading them
+                (read-only: `remove` is refused). An ivf part's search then pages in only the
+                lists it visits; a flat part's touches every vector.
 
         Raises:
             SourceError: not a sharded index folder, or (unless lazy) a part missing or unreadable.
@@ -235,7 +258,7 @@ class ShardedIndex:
                 or not info["parts"] or any(not isinstance(p, dict) or "name" not in p for p in info["parts"]):
             raise SourceError(f"{path}/index.json does not describe a sharded index of this version of imgfeat: "
                               "rebuild it with `imgfeat index FEATURES -o INDEX --shards N`")
-        index = cls(path, info)
+        index = cls(path, info, mmap)
         if not lazy:
             for number in range(len(index.parts)):
                 index._part(number)
@@ -253,7 +276,7 @@ class ShardedIndex:
         if not os.path.isdir(folder):
             raise SourceError(f"{self.path}: part {self.parts[number]} is missing; the index is incomplete: {rebuild}")
         try:
-            part = FeatureIndex.load(folder)
+            part = _load_part(folder) if self.mmap else FeatureIndex.load(folder)
         except (ImgfeatError, RuntimeError, OSError, ValueError, KeyError, pa.ArrowException) as exc:
             # faiss raises RuntimeError on a truncated file, pyarrow ArrowInvalid on a bad table
             raise SourceError(f"{self.path}: part {self.parts[number]} cannot be read ({exc}): {rebuild}") from exc
@@ -402,6 +425,9 @@ class ShardedIndex:
         Raises:
             UnknownId: an id is in no part (unless `missing_ok`).
         """
+        if self.mmap:
+            raise ConfigError(f"{self.path} was opened memory-mapped, which is read-only: open it with "
+                              "mmap=False to remove ids")
         ids = list(dict.fromkeys(as_id_list(ids)))
         holders = self._holders(ids)
         if (holders < 0).any() and not missing_ok:
