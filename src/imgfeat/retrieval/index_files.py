@@ -83,9 +83,9 @@ def read_index_folder(path: str | os.PathLike, mmap: bool = False) -> IndexParts
     path = os.fspath(path)
     info = read_index_json(path)
     if info.get("sharded"):
-        raise SourceError(f"{path} is a sharded index of {len(info.get('parts') or [])} parts: open it with "
-                          "imgfeat.load_index (ShardedIndex); FeatureIndex.load opens one of its parts "
-                          f"({path}/{PART_PREFIX}00000)")
+        raise SourceError(f"{path} is a sharded index of {len(info.get('parts') or [])} parts: imgfeat.load_index "
+                          "opens it (search, serve); what needs a single index (FeatureIndex.load, dedup) takes "
+                          f"the features, or one part ({path}/{PART_PREFIX}00000)")
     if info.get("format_version") != FORMAT_VERSION:
         raise SourceError(f"{path}: index format {info.get('format_version')} is not {FORMAT_VERSION}; "
                           "rebuild it with this version of imgfeat")
