@@ -74,7 +74,7 @@ def child_search(args: argparse.Namespace) -> dict:
         t = time.perf_counter()
         index.search(q[None, :], k=10)
         times.append(time.perf_counter() - t)
-    scores, ids = index.search(queries, k=10)
+    ids = index.search(queries, k=10)[1]
     Path(args.out + ".ids.json").write_text(json.dumps(ids))
     return {"load_rss_delta": loaded - base, "searched_rss_delta": psutil.Process().memory_info().rss - base,
             "median_ms": 1000 * float(np.median(times)),
@@ -147,7 +147,8 @@ def main() -> int:
             row = {"kind": kind, "shards": shards, "mmap": mapped,
                    "build_seconds": None if mapped else round(built["seconds"], 1),
                    "build_peak_rss_mib": None if mapped else round(built["peak_rss"] / 2**20),
-                   "build_rss_over_base_mib": None if mapped else round((built["peak_rss"] - built["base_rss"]) / 2**20),
+                   "build_rss_over_base_mib":
+                       None if mapped else round((built["peak_rss"] - built["base_rss"]) / 2**20),
                    "load_rss_mib": round(searched["load_rss_delta"] / 2**20),
                    "searched_rss_mib": round(searched["searched_rss_delta"] / 2**20),
                    "query_median_ms": round(searched["median_ms"], 3), "query_p95_ms": round(searched["p95_ms"], 3),

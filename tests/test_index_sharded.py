@@ -15,8 +15,8 @@ from imgfeat.cli import main  # noqa: E402
 from imgfeat.errors import ConfigError, SourceError, UnknownId  # noqa: E402
 from imgfeat.retrieval.index import FeatureIndex  # noqa: E402
 from imgfeat.retrieval.search import search  # noqa: E402
-from imgfeat.retrieval.sharded import ShardedIndex, build_sharded, open_index, split_files  # noqa: E402
 from imgfeat.dataset import open_features  # noqa: E402
+from imgfeat.retrieval.sharded import ShardedIndex, build_sharded, open_index, split_files  # noqa: E402
 
 from conftest import FAST_MODELS, blob_image  # noqa: E402
 from test_index import clustered, write_features  # noqa: E402
@@ -65,8 +65,7 @@ def test_folder_layout_and_description(flat_pair):
         FeatureIndex.load(path)
 
 
-def test_flat_sharded_search_equals_single(data, flat_pair):
-    vectors, _, _ = data
+def test_flat_sharded_search_equals_single(flat_pair):
     single, sharded, _ = flat_pair
     queries = clustered(50, dim=64, clusters=60, seed=7)
     want_scores, want_ids = single.search(queries, k=10)
@@ -277,3 +276,29 @@ def test_serve_a_sharded_index(blobs):
         assert results[0]["path"].endswith("img2.jpg") and len(results) == 3
         assert client.get(f"/items/{results[1]['id']}").json()["path"] == results[1]["path"]
         assert client.get("/items/nope").status_code == 404
+
+
+def test_build_from_remote_features_reads_each_part_from_the_filesystem(data, tmp_path):
+    """Features behind an fsspec URL (the in-memory filesystem stands in for object storage)."""
+    import fsspec
+
+    _, ids, folder = data
+    fs = fsspec.filesystem("memory")
+    for path in sorted(folder.iterdir()):
+        fs.pipe(f"/remote-features/{path.name}", path.read_bytes())
+    try:
+        remote = build_sharded("memory://remote-features", tmp_path / "idx", 3, kind="flat")
+        local = FeatureIndex.build(folder, kind="flat")
+        assert len(remote) == 3000 and remote.describe()["parts"][2]["files"][-1].endswith("part-00006.parquet")
+        queries = clustered(10, dim=64, clusters=60, seed=11)
+        assert remote.search(queries, k=5)[1] == local.search(queries, k=5)[1]
+        assert remote.metadata([ids[9]]) == local.metadata([ids[9]])
+    finally:
+        fs.rm("/remote-features", recursive=True)
+
+
+def test_dedup_on_a_sharded_folder_says_what_to_give_instead(flat_pair):
+    from imgfeat.retrieval.dedup import find_duplicates
+
+    with pytest.raises(SourceError, match="takes the features"):
+        find_duplicates(flat_pair[2], 0.9)
