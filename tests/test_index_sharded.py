@@ -155,11 +155,13 @@ def test_memory_mapped_parts_answer_the_same_and_are_read_only(data, tmp_path, k
     assert len(mapped) == 3000
 
 
-def test_memory_mapping_a_single_index_is_refused(data, tmp_path):
+def test_memory_mapping_a_single_index_is_refused(data, tmp_path, capsys):
     FeatureIndex.build(data[2], kind="flat").save(tmp_path / "one")
     with pytest.raises(ConfigError, match="single index"):
         imgfeat.load_index(tmp_path / "one", mmap=True)
     assert isinstance(imgfeat.load_index(tmp_path / "one"), FeatureIndex)
+    assert main(["serve", "--index", str(tmp_path / "one"), "--mmap"]) == 1  # fails before serving
+    assert "memory-mapped loading is for sharded indexes" in capsys.readouterr().err
 
 
 def test_remove_routes_to_parts_and_saves_in_place(data, tmp_path):
@@ -227,6 +229,8 @@ def test_cli_index_shards_search_and_remove(data, tmp_path, capsys):
     assert main(["search", str(index), "--id", ids[7], "-k", "3", "--json"]) == 0
     records = json.loads(capsys.readouterr().out)
     assert [r["rank"] for r in records] == [1, 2, 3] and records[0]["id"] == ids[7]
+    assert main(["search", str(index), "--id", ids[7], "-k", "3", "--json", "--mmap"]) == 0
+    assert json.loads(capsys.readouterr().out) == records  # mapped: the same answers
     assert main(["index", str(index)]) == 0
     assert "parts: 3" in capsys.readouterr().out
     assert main(["index", str(index), "--remove", ids[7]]) == 0

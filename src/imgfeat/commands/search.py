@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-k", type=int, default=10, help="results per query (default 10)")
     p.add_argument("--using", choices=("embedding", "code"), default="embedding",
                    help="compare embeddings (cosine, default) or binary codes (Hamming)")
+    p.add_argument("--mmap", action="store_true",
+                   help="map a sharded index's vectors from its files instead of reading them (quicker to open "
+                        "a large index for a few queries)")
     p.add_argument("--exclude-self", action="store_true", help="leave an --id query out of its own results")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print JSON records")
@@ -42,7 +45,7 @@ def _search(args: argparse.Namespace) -> int:
 
     if not args.images and not args.ids:
         raise ConfigError("give query IMAGEs or --id ID")
-    index = open_index(args.index)
+    index = open_index(args.index, mmap=args.mmap)
     results = search(index, args.images or None, ids=args.ids, k=args.k, using=args.using,
                      exclude_self=args.exclude_self)
     if args.json:
