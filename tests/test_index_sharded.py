@@ -152,6 +152,8 @@ def test_memory_mapped_parts_answer_the_same_and_are_read_only(data, tmp_path, k
     np.testing.assert_allclose(mapped.vectors(ids[:3]), built.vectors(ids[:3]))
     with pytest.raises(ConfigError, match="read-only"):
         mapped.remove(ids[:1])
+    with pytest.raises(ConfigError, match="read-only"):
+        mapped.add(folder)
     assert len(mapped) == 3000
 
 
@@ -179,10 +181,37 @@ def test_remove_routes_to_parts_and_saves_in_place(data, tmp_path):
     assert ids[0] not in again.search(again.vectors([ids[1]]), k=3000)[1][0]
     described = json.loads((path / "index.json").read_text())
     assert described["count"] == 2998 and described["parts"][0]["count"] == len(FeatureIndex.load(path / "shard-00000"))
-    with pytest.raises(ConfigError, match="cannot be added to"):
-        again.add(folder)
+    assert again.add(folder) == (2, 2998)  # the two removed ids come back, as one more part
+    assert again.parts[-1] == "shard-00003" and len(again) == 3000 and again.contains(ids[0])
     with pytest.raises(ConfigError, match="saved in place"):
         again.save(tmp_path / "elsewhere")
+
+
+def test_add_builds_one_more_part_without_touching_the_others(data, tmp_path, capsys):
+    import faiss
+
+    vectors, ids, _ = data
+    first = write_features(tmp_path / "first", vectors[:2000], ids[:2000])
+    later = write_features(tmp_path / "later", vectors[1900:], ids[1900:])  # 100 ids already indexed
+    index = tmp_path / "idx"
+    assert main(["index", str(first), "-o", str(index), "--shards", "2", "--kind", "ivf"]) == 0
+    before = {p: p.stat().st_mtime_ns for p in index.glob("shard-*/*")}
+    capsys.readouterr()
+    assert main(["index", str(later), "-o", str(index), "--add"]) == 0
+    assert "added 1000 vectors (2000 -> 3000; 100 ids already there, skipped)" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # the old parts were not rewritten
+    sharded = open_index(index)
+    assert sharded.parts == ["shard-00000", "shard-00001", "shard-00002"] and len(sharded) == 3000
+    assert sharded.describe()["parts"][2]["count"] == 1000
+    # the new part starts from the quantiser trained at build time
+    cells = [faiss.read_index(str(index / p / "vectors.faiss")) for p in ("shard-00000", "shard-00002")]
+    np.testing.assert_array_equal(*(c.quantizer.reconstruct_n(0, c.nlist) for c in cells))
+    sharded.params["nprobe"] = sharded.params["nlist"]  # every cell: exact, comparable to flat
+    exact = FeatureIndex.build(sorted(first.glob("*.parquet")) + sorted(later.glob("*.parquet")), kind="flat")
+    queries = clustered(10, dim=64, clusters=60, seed=9)
+    assert sharded.search(queries, k=10)[1] == exact.search(queries, k=10)[1]
+    assert open_index(index).add(later) == (0, 1100)  # nothing new: no empty part
+    assert len(open_index(index).parts) == 3
 
 
 def test_a_missing_or_corrupt_part_is_a_clear_error(data, tmp_path):

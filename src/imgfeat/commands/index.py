@@ -10,7 +10,8 @@ import time
 EPILOG = """\
 examples:
   imgfeat index features/ -o index/                 build (kind auto: exact below 100k vectors)
-  imgfeat index features/ -o index/ --shards 8      build 8 parts one at a time (memory: one part)
+  imgfeat index features/ -o index/ --shards 8      build 8 parts one at a time (memory: one part);
+                                                    --add to it builds one more part
   imgfeat index more-features/ -o index/ --add      add new shards; ids already there are skipped
   imgfeat index index/ --remove 3f2a9c0d1e4b5a67    delete ids
   imgfeat index index/                              describe an index
@@ -65,7 +66,7 @@ def _index(args: argparse.Namespace) -> int:
         index = open_index(args.source)
         message = None
     elif args.add and os.path.exists(os.path.join(args.output, INDEX_JSON)):
-        index = open_index(args.output)
+        index = open_index(args.output, lazy=True)  # a sharded index adds a part without loading the others
         before = len(index)
         added, skipped = index.add(args.source)
         index.save(args.output)

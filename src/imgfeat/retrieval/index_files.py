@@ -31,6 +31,7 @@ CODES_FILE = "codes.faiss"
 IDS_FILE = "ids.parquet"
 REMOVED_FILE = "removed.npy"
 PART_PREFIX = "shard-"  # a sharded index's parts: INDEX/shard-00000/, ... (each a whole index folder)
+TRAINED_FILE = "trained.faiss"  # a sharded ivf/ivfpq index's trained empty float index (new parts copy it)
 
 
 @dataclass
@@ -120,6 +121,26 @@ def _write_faiss(write: Any, index: Any, path: str) -> None:
             write(index, writer)
         finally:
             del writer
+
+
+def write_float_index(index: Any, path: str) -> None:
+    """Write one FAISS float index file (streamed through Python, fsynced)."""
+    _write_faiss(faiss_module().write_index, index, path)
+    _fsync(path)
+
+
+def read_float_index(path: str) -> Any:
+    """Read one FAISS float index file.
+
+    Raises:
+        SourceError: missing or unreadable.
+    """
+    if not os.path.exists(path):
+        raise SourceError(f"{path} is missing: rebuild the index")
+    try:
+        return faiss_module().read_index(path)
+    except RuntimeError as exc:  # faiss's error for a truncated or foreign file
+        raise SourceError(f"{path} cannot be read ({exc}): rebuild the index") from exc
 
 
 def check_index_target(path: str | os.PathLike) -> str:

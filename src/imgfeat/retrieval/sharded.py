@@ -4,8 +4,8 @@
     index = open_index("index/")                              # a ShardedIndex or a FeatureIndex
     scores, ids = index.search(vectors, k=10)                 # the top k over every part
 
-When one index does not fit a machine's memory (at 100M rows the id table alone is several
-GiB), `build_sharded` splits the feature files into `shards` contiguous groups of about equal
+When one index does not fit a machine's memory (at 100M rows the id table alone is ~50
+GiB, docs/scale.md), `build_sharded` splits the feature files into `shards` contiguous groups of about equal
 row counts and builds each group as an ordinary `FeatureIndex` folder, saving and dropping it
 before the next: peak memory is about one part. The float index of a trained kind (ivf, ivfpq)
 is trained once, on a sample of every part, and each part starts from a copy of it, so the parts
@@ -14,12 +14,14 @@ share their coarse cells and a sharded ivf search visits the same cells a single
     INDEX/index.json         "sharded": true, kind, dim, code_bytes, models, crop, config,
                              params, count, parts: [{name, count, files}]
     INDEX/shard-00000/ ...   each a FeatureIndex folder (index_files.py), its own id table
+    INDEX/trained.faiss      ivf/ivfpq: the trained empty index every part (and a later one) copies
 
 A search asks every part for its top k and merges them: scores descending (cosine), Hamming
 distances ascending. Lookups by id (vectors, codes, metadata, contains) ask each part's own id
 table; no table of every id is ever built. Remove routes ids to the parts that hold them and
-rewrites only those; adding to a sharded index is refused (build the new features as another
-sharded index, or rebuild with --shards).
+rewrites only those. Add builds the new features into one more part (ids any part holds are
+skipped; the existing parts are not loaded, only their id columns read), e.g. after an
+incremental extract.
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ from ..schema import STATUS_OK
 from .faiss_kinds import MIN_TRAIN_VECTORS, choose_kind, faiss_module, get_kind, new_binary_index
 from .id_table import as_id_list, unknown_ids
 from .index import FeatureIndex
-from .index_files import FORMAT_VERSION, PART_PREFIX, check_index_target, read_index_folder, read_index_json, \
-    swap_in, temporary_folder, write_index_json
+from .index_files import FORMAT_VERSION, IDS_FILE, PART_PREFIX, TRAINED_FILE, check_index_target, \
+    read_float_index, read_index_folder, read_index_json, swap_in, temporary_folder, write_float_index, \
+    write_index_json
 
 SPLIT = "files"  # how rows are split into parts: contiguous groups of feature files
 
@@ -131,6 +134,8 @@ def build_sharded(features: str | os.PathLike | Sequence[str | os.PathLike], out
     tmp = temporary_folder(path)
     parts = []
     try:
+        if index_kind.trained:  # kept for parts added later (`ShardedIndex.add`)
+            write_float_index(trained, os.path.join(tmp, TRAINED_FILE))
         for number, group in enumerate(groups):
             part = FeatureIndex(kind, dim, code_bytes, dataset.models, dataset.config, chosen,
                                 faiss.clone_index(trained), new_binary_index(code_bytes) if code_bytes else None,
@@ -155,12 +160,14 @@ def build_sharded(features: str | os.PathLike | Sequence[str | os.PathLike], out
     return ShardedIndex.load(path, lazy=True)
 
 
-def open_index(path: str | os.PathLike, mmap: bool = False) -> "FeatureIndex | ShardedIndex":
+def open_index(path: str | os.PathLike, mmap: bool = False,
+               lazy: bool = False) -> "FeatureIndex | ShardedIndex":
     """Load an index folder, single or sharded (what `imgfeat.load_index` does).
 
     Args:
         path: the folder.
         mmap: map a sharded index's vectors from its files (read-only; see `ShardedIndex.load`).
+        lazy: read a sharded index's parts when first needed (e.g. not at all for `add`).
 
     Raises:
         SourceError: not an index folder, or a part missing or unreadable.
@@ -168,7 +175,7 @@ def open_index(path: str | os.PathLike, mmap: bool = False) -> "FeatureIndex | S
             FAISS index does not survive).
     """
     if read_index_json(path).get("sharded"):
-        return ShardedIndex.load(path, mmap=mmap)
+        return ShardedIndex.load(path, lazy=lazy, mmap=mmap)
     if mmap:
         raise ConfigError(f"{os.fspath(path)} is a single index; memory-mapped loading is for sharded indexes "
                           "(build with --shards N)")
@@ -406,14 +413,68 @@ class ShardedIndex:
 
     # --- changing it --------------------------------------------------------------------------
 
-    def add(self, features: Any, batch_rows: int = READ_BATCH_ROWS) -> tuple[int, int]:
-        """Not offered: a sharded index is built whole.
+    def add(self, features: str | os.PathLike | Sequence[str | os.PathLike],
+            batch_rows: int = READ_BATCH_ROWS) -> tuple[int, int]:
+        """Add the status-ok rows of more feature shards as a new part, written at once.
+
+        The existing parts are not read into memory or changed: only their id columns are
+        read (one part at a time) to skip ids already indexed. An ivf/ivfpq index's new part
+        starts from the quantiser trained at build time.
+
+        Args:
+            features: a feature folder, or shard files (e.g. the new shards of an incremental
+                extract).
+
+        Returns:
+            (rows added, ok rows skipped because their id was already indexed).
 
         Raises:
-            ConfigError: always, saying what to do instead.
+            ConfigError: memory-mapped (read-only), or features that do not fit the index (see
+                `FeatureIndex.add`). SourceError: the trained quantiser file is missing.
         """
-        raise ConfigError(f"{self.path} is a sharded index, which cannot be added to: build an index of the new "
-                          "features on its own (or rebuild this one from all features with --shards)")
+        if self.mmap:
+            raise ConfigError(f"{self.path} was opened memory-mapped, which is read-only: open it with "
+                              "mmap=False to add to it")
+        index_kind = get_kind(self.kind)
+        float_index = read_float_index(os.path.join(self.path, TRAINED_FILE)) if index_kind.trained \
+            else index_kind.new(self.dim, self.params)
+        part = FeatureIndex(self.kind, self.dim, self.code_bytes, self.models, self.config, self.params, float_index,
+                            new_binary_index(self.code_bytes) if self.code_bytes else None, None, 0, crop=self.crop)
+        added, skipped = part.add(features, batch_rows)
+        if added:
+            held = self._already_held(part.ids())
+            if held:  # indexed in another part: drop them from the new one
+                part.remove(held)
+                added, skipped = added - len(held), skipped + len(held)
+        if not added:
+            return 0, skipped
+        number = len(self.parts)
+        part.save(os.path.join(self.path, part_name(number)))
+        self.parts.append(part_name(number))
+        self._counts.append(len(part))
+        self.info = {**self.info, "parts": [*self.info["parts"], {"name": part_name(number), "count": len(part),
+                                                                   "sources": part.sources}],
+                     "sources": list(dict.fromkeys([*self.sources, *part.sources]))}
+        self.sources = self.info["sources"]
+        self._loaded[number] = part
+        self._write_description()
+        return added, skipped
+
+    def _already_held(self, ids: list[str]) -> list[str]:
+        """Those of `ids` that an existing part holds, reading one part's id column at a time."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        candidates = pa.array(ids, pa.string())
+        held = np.zeros(len(ids), bool)
+        for number, name in enumerate(self.parts):
+            if number in self._loaded:
+                present = pa.array(self._loaded[number].ids(), pa.string())
+            else:
+                present = pq.read_table(os.path.join(self.path, name, IDS_FILE), columns=["id"]).column("id")
+            held |= pc.is_in(candidates, value_set=present.cast(pa.string())).to_numpy(zero_copy_only=False)
+        return [item_id for item_id, h in zip(ids, held) if h]
 
     def remove(self, ids: Iterable[str] | str, missing_ok: bool = False) -> int:
         """Delete ids from the parts that hold them (each part's kind decides how; see
@@ -452,9 +513,12 @@ class ShardedIndex:
                               "copy the folder to move it")
         for number in sorted(self._changed):
             self._part(number).save(os.path.join(self.path, self.parts[number]))
+        self._changed.clear()
+        self._write_description()
+
+    def _write_description(self) -> None:
         info = self.describe()
         info["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         write_index_json(self.path, info)
         self.info = info
         self._counts = [int(p["count"]) for p in info["parts"]]
-        self._changed.clear()
