@@ -457,7 +457,7 @@ class ShardedIndex:
                      "sources": list(dict.fromkeys([*self.sources, *part.sources]))}
         self.sources = self.info["sources"]
         self._loaded[number] = part
-        self._write_description()
+        self.save()  # index.json lists the new part (and parts changed by a remove are written first)
         return added, skipped
 
     def _already_held(self, ids: list[str]) -> list[str]:
