@@ -24,6 +24,7 @@ from .storage import check_writable_location
 
 if TYPE_CHECKING:
     from .retrieval.index import FeatureIndex
+    from .retrieval.sharded import ShardedIndex
 
 
 def extract(source: str | os.PathLike | Source, output: str | os.PathLike, *,
@@ -120,28 +121,41 @@ def read_features(source: str | os.PathLike | Sequence[str | os.PathLike]) -> Fe
 
 
 def index(features: str | os.PathLike | Sequence[str | os.PathLike], output: str | os.PathLike | None = None,
-          *, kind: str = "auto", codes: bool = True, vector: str = "auto") -> "FeatureIndex":
+          *, kind: str = "auto", codes: bool = True, vector: str = "auto",
+          shards: int = 1) -> "FeatureIndex | ShardedIndex":
     """Build a FAISS index over the ok rows of `features`, saved to `output` when given.
 
     See `imgfeat.retrieval.index.FeatureIndex.build` for kinds ("auto", "flat", "hnsw", "ivf",
     "ivfpq") and vectors ("object": the main object's, "image": the whole image's).
+    `shards` > 1 builds that many parts one at a time into `output` (required), so memory holds
+    one part (see `imgfeat.retrieval.sharded`); the result is searched like a single index.
     """
+    from .errors import ConfigError
     from .retrieval.index import FeatureIndex
 
+    if shards != 1:
+        from .retrieval.sharded import build_sharded
+
+        if output is None:
+            raise ConfigError("a sharded index is written part by part: give the output folder")
+        return build_sharded(features, output, shards, kind=kind, codes=codes, vector=vector)
     built = FeatureIndex.build(features, kind=kind, codes=codes, vector=vector)
     if output is not None:
         built.save(output)
     return built
 
 
-def load_index(path: str | os.PathLike) -> "FeatureIndex":
-    """An index folder written by `imgfeat index` or `imgfeat.index(..., output)`."""
-    from .retrieval.index import FeatureIndex
+def load_index(path: str | os.PathLike, *, mmap: bool = False) -> "FeatureIndex | ShardedIndex":
+    """An index folder written by `imgfeat index` or `imgfeat.index(..., output)`, single or sharded.
 
-    return FeatureIndex.load(path)
+    `mmap=True` maps a sharded index's vectors from its files instead of reading them (read-only).
+    """
+    from .retrieval.sharded import open_index
+
+    return open_index(path, mmap=mmap)
 
 
-def search(index: "FeatureIndex | str | os.PathLike", images: Sequence[Any] | None = None, *,
+def search(index: "FeatureIndex | ShardedIndex | str | os.PathLike", images: Sequence[Any] | None = None, *,
            k: int = 10, **options: Any) -> Any:
     """The `k` nearest indexed images of query images (paths, URLs or bytes) or ids (`ids=[...]`).
 

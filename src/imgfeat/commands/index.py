@@ -10,6 +10,8 @@ import time
 EPILOG = """\
 examples:
   imgfeat index features/ -o index/                 build (kind auto: exact below 100k vectors)
+  imgfeat index features/ -o index/ --shards 8      build 8 parts one at a time (memory: one part);
+                                                    --add to it builds one more part
   imgfeat index more-features/ -o index/ --add      add new shards; ids already there are skipped
   imgfeat index index/ --remove 3f2a9c0d1e4b5a67    delete ids
   imgfeat index index/                              describe an index
@@ -34,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vector", choices=("auto", "object", "image"), default="auto",
                    help="index the main objects' vectors (the same product elsewhere; the default unless "
                         "the features were extracted with --no-detect) or the whole images' (copies)")
+    p.add_argument("--shards", type=int, default=1, metavar="N",
+                   help="build N parts, one at a time, from groups of the feature files (memory holds one "
+                        "part); search, serve and --remove use them together (default 1: one index)")
     p.add_argument("--no-codes", action="store_true", help="do not index the binary codes")
     p.add_argument("--json", action="store_true", help="print the index description as JSON")
     p.set_defaults(handler=_index)
@@ -43,33 +48,41 @@ def _index(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..dataset import INDEX_JSON
     from ..retrieval.index import FeatureIndex
+    from ..retrieval.sharded import build_sharded, open_index
 
     started = time.perf_counter()
+    if args.shards < 1:
+        raise ConfigError(f"--shards must be >= 1, got {args.shards}")
     if args.remove:
         if args.output or args.add:
             raise ConfigError("--remove works on the index given as SOURCE; drop -o/--add")
-        index = FeatureIndex.load(args.source)
+        index = open_index(args.source)
         removed = index.remove(args.remove)
         index.save(args.source)
         message = f"removed {removed} ids; {len(index)} left in {args.source}"
     elif not args.output:
         if not os.path.exists(os.path.join(args.source, INDEX_JSON)):
             raise ConfigError(f"{args.source} is not an index folder; to build one give -o INDEX")
-        index = FeatureIndex.load(args.source)
+        index = open_index(args.source)
         message = None
     elif args.add and os.path.exists(os.path.join(args.output, INDEX_JSON)):
-        index = FeatureIndex.load(args.output)
+        index = open_index(args.output, lazy=True)  # a sharded index adds a part without loading the others
         before = len(index)
         added, skipped = index.add(args.source)
         index.save(args.output)
         message = (f"added {added} vectors ({before} -> {len(index)}; {skipped} ids already there, "
                    f"skipped) to {args.output} in {time.perf_counter() - started:.1f} s")
     else:
-        index = FeatureIndex.build(args.source, kind=args.kind, codes=not args.no_codes, vector=args.vector)
-        index.save(args.output)
+        if args.shards > 1:
+            index = build_sharded(args.source, args.output, args.shards, kind=args.kind, codes=not args.no_codes,
+                                  vector=args.vector)
+        else:
+            index = FeatureIndex.build(args.source, kind=args.kind, codes=not args.no_codes, vector=args.vector)
+            index.save(args.output)
         message = (f"indexed {len(index)} {'image' if index.crop == 'whole-image' else 'object'} vectors "
                    f"({index.kind}, {index.dim}-d"
                    + (f", {index.code_bytes * 8}-bit codes" if index.code_bytes else "")
+                   + (f", {args.shards} parts" if args.shards > 1 else "")
                    + f") into {args.output} in {time.perf_counter() - started:.1f} s")
     if args.json:
         print(json.dumps(index.describe(), indent=2))
@@ -81,4 +94,7 @@ def _index(args: argparse.Namespace) -> int:
         print("  models: " + ", ".join(f"{k} {v}" for k, v in index.models.items()))
         print(f"  params: {json.dumps(index.params)}")
         print(f"  sources: {', '.join(index.sources) or '-'}")
+        if hasattr(index, "parts"):  # sharded
+            print(f"  parts: {len(index.parts)} ({', '.join(str(p['count']) for p in index.describe()['parts'])} "
+                  "vectors)")
     return 0

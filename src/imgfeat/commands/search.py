@@ -22,12 +22,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="find the most similar indexed images",
                        description="Search an index by image (run through the same pipeline) or by id.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("index", help="an index folder written by `imgfeat index`")
+    p.add_argument("index", help="an index folder written by `imgfeat index` (single or sharded)")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="query image files or URLs")
     p.add_argument("--id", action="append", dest="ids", metavar="ID", help="query by an indexed id (repeatable)")
     p.add_argument("-k", type=int, default=10, help="results per query (default 10)")
     p.add_argument("--using", choices=("embedding", "code"), default="embedding",
                    help="compare embeddings (cosine, default) or binary codes (Hamming)")
+    p.add_argument("--mmap", action="store_true",
+                   help="map a sharded index's vectors from its files instead of reading them (quicker to open "
+                        "a large index for a few queries)")
     p.add_argument("--exclude-self", action="store_true", help="leave an --id query out of its own results")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print JSON records")
@@ -37,12 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _search(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
-    from ..retrieval.index import FeatureIndex
     from ..retrieval.search import search
+    from ..retrieval.sharded import open_index
 
     if not args.images and not args.ids:
         raise ConfigError("give query IMAGEs or --id ID")
-    index = FeatureIndex.load(args.index)
+    index = open_index(args.index, mmap=args.mmap)
     results = search(index, args.images or None, ids=args.ids, k=args.k, using=args.using,
                      exclude_self=args.exclude_self)
     if args.json:

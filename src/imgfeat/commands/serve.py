@@ -16,7 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "GET /thumb/ID, GET /groups, POST /reviews, GET /healthz; the web "
                                    "page at /, the OpenAPI schema at /openapi.json (--docs to browse it). "
                                    "See docs/serving.md for the security model.")
-    p.add_argument("--index", required=True, help="the index folder written by FeatureIndex.save")
+    p.add_argument("--index", required=True, help="the index folder written by `imgfeat index` (single or sharded)")
+    p.add_argument("--mmap", action="store_true",
+                   help="map a sharded index's vectors from its files instead of reading them into memory "
+                        "(read-only; docs/search.md)")
     p.add_argument("--groups", help="groups Parquet written by `imgfeat dedup`, for the duplicates view")
     p.add_argument("--reviews", help="where 'not duplicate' verdicts go (default: reviews.jsonl beside "
                                      "--groups; `imgfeat dedup` reads it)")
@@ -72,7 +75,12 @@ def _serve(args: argparse.Namespace) -> int:
                          threads=args.threads, max_decodes=args.max_decodes, allowed_hosts=tuple(args.allowed_host),
                          token=args.token, body_timeout_s=args.body_timeout, max_connections=args.max_connections,
                          docs=args.docs)
-    app = create_app(args.index, groups_path=args.groups, reviews_path=args.reviews, config=config, bind=args.host)
+    index = args.index
+    if args.mmap:
+        from ..retrieval.sharded import open_index
+
+        index = open_index(args.index, mmap=True)
+    app = create_app(index, groups_path=args.groups, reviews_path=args.reviews, config=config, bind=args.host)
     service = app.state.service
     if not is_loopback(args.host) and not args.token:
         print(f"imgfeat: warning: serving on {args.host} without a token: anyone who can reach this "

@@ -2,6 +2,7 @@
 the HTML report. Needs the search extra (faiss-cpu, pandas): pip install 'imgfeat[search]'.
 
     index.py        FeatureIndex (faiss_kinds.py: flat/hnsw/ivf/ivfpq; id_table.py; index_files.py)
+    sharded.py      ShardedIndex: parts built one at a time, searched together; open_index
     search.py       query images -> the same Features stage -> index.search -> DataFrame
     dedup.py        range search -> pairs -> connected components -> groups
     buckets.py      the engine-free steps of distributed dedup: k-means buckets, exact join per bucket

@@ -82,7 +82,7 @@ def create_app(index_path: Any, groups_path: str | os.PathLike | None = None,
     """Build the app: load the index and the models now, so a bad setup fails before serving.
 
     Args:
-        index_path: a folder written by `FeatureIndex.save`, or a loaded FeatureIndex.
+        index_path: an index folder (single or sharded), or a loaded FeatureIndex/ShardedIndex.
         groups_path: groups Parquet from `imgfeat dedup`, for the duplicates view.
         reviews_path: reviews.jsonl for "not duplicate" verdicts (default: beside groups_path).
         config: upload and pixel caps, batching, thumbnails, token, allowed hosts, limits.
@@ -95,9 +95,9 @@ def create_app(index_path: Any, groups_path: str | os.PathLike | None = None,
     Raises:
         ConfigError: see `SearchService`; errors of `FeatureIndex.load` for a bad index path.
     """
-    from ..retrieval.index import FeatureIndex
+    from ..retrieval.sharded import open_index
 
-    index = index_path if isinstance(index_path, FeatureIndex) else FeatureIndex.load(index_path)
+    index = index_path if hasattr(index_path, "search") else open_index(index_path)
     service = SearchService(index, groups_path, reviews_path, config)
 
     @asynccontextmanager
