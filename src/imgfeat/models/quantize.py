@@ -35,8 +35,12 @@ from .runtimes import file_digest, imgfeat_home
 #   on 13-14 of the 14 photos and embedding cosines fell to 0.67-0.79, on both runtimes.
 #   CPUs with VNNI do not need it, but one file serves every CPU.
 # - float heads (`head_nodes`): continuous scores instead of uint8 steps of the logits.
-# - all operator types: quantising only Conv was no better; keeping the depthwise convs in
-#   float helped OpenVINO (cosine 0.978) but broke onnxruntime's detector outright.
+# - tried and not taken: uint8 weights with the full range (the other cure for saturation)
+#   raised the embedder's worst cosine from 0.962 to 0.978 but lost the detector's main
+#   object on 8-9 of 14 photos; depthwise convolutions in float helped OpenVINO (cosine
+#   0.978, 3 main objects changed) but broke onnxruntime's detector outright; percentile and
+#   entropy calibration: within 0.003 of min/max on the embedder, and onnxruntime's
+#   histograms refuse the detector's inputs of several shapes.
 SETTINGS = {"format": "QDQ", "per_channel": True, "reduce_range": True, "activations": "uint8",
             "weights": "int8", "calibration": "minmax", "op_types": None,
             "float_heads": True, "version": 1}
@@ -122,10 +126,11 @@ def quantized_model(fp32_path: str | os.PathLike, batches: Sequence[np.ndarray],
 
     with atomic_local_path(target) as tmp:
         quantize_static(
-            str(fp32_path), tmp, _Batches(_input_name(fp32_path), batches),
+            str(fp32_path), tmp, _Batches(_first_input(fp32_path).name, batches),
             quant_format=QuantFormat.QDQ, per_channel=SETTINGS["per_channel"],
             reduce_range=SETTINGS["reduce_range"], activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8, op_types_to_quantize=SETTINGS["op_types"],
+            weight_type={"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[SETTINGS["weights"]],
+            op_types_to_quantize=SETTINGS["op_types"],
             nodes_to_exclude=head_nodes(fp32_path) if SETTINGS["float_heads"] else None,
             calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                               "entropy": CalibrationMethod.Entropy}[SETTINGS["calibration"]],
@@ -135,20 +140,20 @@ def quantized_model(fp32_path: str | os.PathLike, batches: Sequence[np.ndarray],
     return target
 
 
-def _input_name(path: Path) -> str:
+def _first_input(path: str | os.PathLike):
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.get_inputs()[0].name
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0]
 
 
 def head_nodes(path: str | os.PathLike) -> list[str]:
     """The nodes between each output and the last convolution (or matrix product) before it,
     that one included: the heads that write the scores, box sizes and pooled features.
 
-    Kept in float because their outputs are what imgfeat reads: uint8 steps on the
-    detector's class logits before the sigmoid moved scores by up to 0.1 and swapped main
-    objects on 4 of the 14 sample photos.
+    Kept in float because their outputs are what imgfeat reads: with the heads in uint8 the
+    detector's scores came out in steps of ~0.05 (0.563, 0.621, 0.680 on the sample photos:
+    the sigmoid of quantised logits), in float they are continuous; the main objects were
+    no worse for it.
     """
     import onnx
 
@@ -168,10 +173,7 @@ def head_nodes(path: str | os.PathLike) -> list[str]:
 
 def model_input_shape(path: str | os.PathLike) -> list:
     """The first input's shape of an ONNX file (free axes as strings or None)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return list(session.get_inputs()[0].shape)
+    return list(_first_input(path).shape)
 
 
 class _Batches:
