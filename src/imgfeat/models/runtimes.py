@@ -3,6 +3,7 @@
     create_runtime(path, runtime="auto", device="cpu", threads=0, precision="auto")
     resolve_compute("auto", "auto", "cpu") -> ("openvino", "bf16") on CPUs with native bf16
                                              (and OpenVINO installed), else ("onnxruntime", "fp32")
+    create_runtime(path, precision="int8", calibration=fn)  # quantised once, models/quantize.py
 
 Both wrappers have the same small interface: `input_name`, `input_shape`, `output_names`,
 `fixed_batch`, `digest`, `precision`, `describe()` and `run(batch, output_names)`.
