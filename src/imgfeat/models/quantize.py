@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -119,25 +120,41 @@ def quantized_model(fp32_path: str | os.PathLike, batches: Sequence[np.ndarray],
     if target.exists():
         return target
     try:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        import onnx  # noqa: F401  (onnxruntime's quantisation tools read and write with it)
     except ImportError as exc:
         raise MissingExtra("onnx", extra="int8", purpose="quantising the models to int8 once") from exc
     from ..storage import atomic_local_path
 
-    with atomic_local_path(target) as tmp:
-        quantize_static(
-            str(fp32_path), tmp, _Batches(_first_input(fp32_path).name, batches),
-            quant_format=QuantFormat.QDQ, per_channel=SETTINGS["per_channel"],
-            reduce_range=SETTINGS["reduce_range"], activation_type=QuantType.QUInt8,
-            weight_type={"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[SETTINGS["weights"]],
-            op_types_to_quantize=SETTINGS["op_types"],
-            nodes_to_exclude=head_nodes(fp32_path) if SETTINGS["float_heads"] else None,
-            calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-                              "entropy": CalibrationMethod.Entropy}[SETTINGS["calibration"]],
-            # min/max folded in every few batches: the detector's activations of all 14
-            # photos at once would take gigabytes
-            extra_options={"CalibMaxIntermediateOutputs": 4})
+    # onnxruntime logs a hint to pre-process the model on the root logger, twice per model
+    root = logging.getLogger()
+    root.addFilter(_no_preprocess_hint)
+    try:
+        with atomic_local_path(target) as tmp:
+            _quantize(fp32_path, tmp, batches)
+    finally:
+        root.removeFilter(_no_preprocess_hint)
     return target
+
+
+def _no_preprocess_hint(record: logging.LogRecord) -> bool:
+    return "pre-process" not in record.getMessage()
+
+
+def _quantize(fp32_path: Path, target: str, batches: Sequence[np.ndarray]) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    quantize_static(
+        str(fp32_path), target, _Batches(_first_input(fp32_path).name, batches),
+        quant_format=QuantFormat.QDQ, per_channel=SETTINGS["per_channel"],
+        reduce_range=SETTINGS["reduce_range"], activation_type=QuantType.QUInt8,
+        weight_type={"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[SETTINGS["weights"]],
+        op_types_to_quantize=SETTINGS["op_types"],
+        nodes_to_exclude=head_nodes(fp32_path) if SETTINGS["float_heads"] else None,
+        calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                          "entropy": CalibrationMethod.Entropy}[SETTINGS["calibration"]],
+        # min/max folded in every few batches: the detector's activations of all 14
+        # photos at once would take gigabytes
+        extra_options={"CalibMaxIntermediateOutputs": 4})
 
 
 def _first_input(path: str | os.PathLike):
