@@ -130,6 +130,14 @@ def test_extract_int8_end_to_end(tmp_path):
     assert json.loads((out / "_manifest.json").read_text())["config"]["run"]["precision"] == "int8"
 
 
+def test_queries_of_an_int8_index_compute_in_int8():
+    from imgfeat.retrieval.search import query_config
+
+    index_config = PipelineConfig.from_options(runtime="onnxruntime", precision="int8").to_dict()
+    run = query_config(index_config).run
+    assert (run.runtime, run.precision) == ("onnxruntime", "int8")
+
+
 def test_cli_offers_int8(capsys):
     from imgfeat.cli import main
 
