@@ -11,8 +11,14 @@ Model-only rows (tensors already in memory; the networks alone, `--threads` each
               onnxruntime fp32 ("ort": today's baseline is ort-sq), onnxruntime with the
               symbolic dims fixed per shape ("ort-static"), OpenVINO with a dynamic batch
               axis compiled once ("ov-dyn", as imgfeat compiled before) or compiled per shape
-              ("ov-static", imgfeat now), each in fp32 and, where the CPU has it, bf16
+              ("ov-static", imgfeat now), each in fp32 and, where the CPU has it, bf16;
+              and the int8 file (`--precision int8`, models/quantize.py) on onnxruntime
+              ("ort-int8") and OpenVINO ("ov-static-int8")
     embedder  MobileNetV2 at batch 16 on random crops, the same runtimes
+
+Accuracy rows (`--accuracy`, on by default): each (runtime, precision) against onnxruntime
+fp32 on the sample photos, as tests/test_precision.py gates them: embedding cosine (min,
+mean), code bits that differ (max of 256), and photos whose main object's label changed.
 
 Decode rows: `imgfeat.decode.decode_image` of 1-4 Mpx JPEGs (default DecodeConfig) with 1
 and 2 threads, beside the embedder's rate (the `--no-detect` path's two halves); then
@@ -45,8 +51,10 @@ sys.path.insert(0, str(ROOT / "src"))
 from imgfeat.config import DecodeConfig  # noqa: E402
 from imgfeat.decode import decode_image  # noqa: E402
 from imgfeat.models import centernet  # noqa: E402
-from imgfeat.models.embedders import prepare_mobilenet_v2  # noqa: E402
-from imgfeat.models.preprocess import letterbox  # noqa: E402
+from imgfeat.models.embedders import _calibration_batches, prepare_mobilenet_v2  # noqa: E402
+from imgfeat.models.detectors import _letterboxed_photos  # noqa: E402
+from imgfeat.models.preprocess import InputSpec, letterbox  # noqa: E402
+from imgfeat.models.quantize import quantized_model  # noqa: E402
 from imgfeat.models.runtimes import OnnxModel, OpenVinoModel, openvino_available, openvino_has_bf16  # noqa: E402
 
 SAMPLES = ROOT / "samples"
@@ -113,9 +121,13 @@ class _OrtStatic:
         return session.run(names, {session.get_inputs()[0].name: batch})
 
 
-def _variants(path: Path, dims: tuple[str, ...], threads: int) -> dict:
+def _variants(path: Path, dims: tuple[str, ...], threads: int, int8: Path | None = None) -> dict:
     variants = {"ort": lambda: OnnxModel(path, threads=threads),
                 "ort-static": lambda: _OrtStatic(path, dims, threads)}
+    if int8 is not None:
+        variants["ort-int8"] = lambda: OnnxModel(int8, threads=threads, precision="int8")
+        if openvino_available():
+            variants["ov-static-int8"] = lambda: OpenVinoModel(int8, threads=threads, precision="int8")
     if openvino_available():
         precisions = ["fp32"] + (["bf16"] if openvino_has_bf16() else [])
         for precision in precisions:
@@ -137,11 +149,15 @@ def bench_models(rounds: int, threads: int) -> dict:
     emb_batches.append(emb_batches[0][:5])  # a short last batch, as a run ends with
     rows: dict[str, list[float]] = {}
     kinds = {"detector": [], "embedder": []}
-    for name, make in _variants(DETECTOR, ("batch", "height", "width"), threads).items():
+    # the int8 files imgfeat makes for `--precision int8` (cached after the first run)
+    det_int8 = quantized_model(DETECTOR, _letterboxed_photos(512, True))
+    emb_path = prepare_mobilenet_v2()
+    emb_int8 = quantized_model(emb_path, _calibration_batches(emb_path, InputSpec(size=(224, 224))))
+    for name, make in _variants(DETECTOR, ("batch", "height", "width"), threads, det_int8).items():
         model = make()
         for policy, batches in det_inputs.items():
             kinds["detector"].append((f"detector {name}-{policy}", model, batches, det_names))
-    for name, make in _variants(prepare_mobilenet_v2(), ("batch",), threads).items():
+    for name, make in _variants(emb_path, ("batch",), threads, emb_int8).items():
         kinds["embedder"].append((f"embedder {name}", make(), emb_batches, None))
     for jobs in kinds.values():
         for _, model, batches, names in jobs:  # warm-up: compiles and first calls, untimed
@@ -158,6 +174,53 @@ def bench_models(rounds: int, threads: int) -> dict:
             for (label, _, batches, _), spent in zip(jobs, seconds):
                 rows.setdefault(label, []).append(sum(len(b) for b in batches) / spent)
     return rows
+
+
+def bench_accuracy() -> dict:
+    """Each available (runtime, precision) against onnxruntime fp32 on the sample photos."""
+    from imgfeat.models import create_detector, create_embedder, create_hasher
+
+    images = []
+    for path in sorted(SAMPLES.iterdir()):
+        if path.suffix.lower() in (".jpg", ".png"):
+            with Image.open(path) as image:
+                image.thumbnail((1024, 1024))
+                images.append(np.asarray(image.convert("RGB")))
+
+    def run(runtime: str, precision: str):
+        detector = create_detector("centernet-mbv3", runtime=runtime, precision=precision)
+        embedder = create_embedder("mobilenet-v2", runtime=runtime, precision=precision)
+        detections = [d for i in range(0, len(images), 8) for d in detector(images[i:i + 8])]
+        embeddings = embedder(images)
+        return detections, embeddings, create_hasher("rproj", embedder.dim, 256)(embeddings)
+
+    cases = [("onnxruntime", "int8")]
+    if openvino_available():
+        native = [("openvino", "bf16")] if openvino_has_bf16() else []
+        cases = [("openvino", "fp32"), *native, *cases, ("openvino", "int8")]
+    ref_dets, ref_emb, ref_codes = run("onnxruntime", "fp32")
+    rows = {}
+    for runtime, precision in cases:
+        dets, emb, codes = run(runtime, precision)
+        cosines = np.sum(ref_emb * emb, axis=1)
+        bits = np.unpackbits(ref_codes ^ codes, axis=1).sum(axis=1)
+        compared = [(r, g) for r, g in zip(ref_dets, dets) if len(r) and r[0, 4] >= 0.3]
+        # where the main label changed: how far below the reference's top score the reference
+        # scored the label now on top (None: the reference did not have that label at all)
+        changed = [_score_gap(r, g) for r, g in compared if not len(g) or g[0, 5] != r[0, 5]]
+        rows[f"{runtime} {precision}"] = {
+            "cosine_min": round(float(cosines.min()), 4), "cosine_mean": round(float(cosines.mean()), 4),
+            "bits_max": int(bits.max()), "bits_mean": round(float(bits.mean()), 1), "photos": len(compared),
+            "main_label_changed": len(changed), "reference_gap_where_changed": changed}
+    return rows
+
+
+def _score_gap(reference: np.ndarray, got: np.ndarray) -> float | None:
+    """The reference's top score minus its best score for the label `got` puts first."""
+    if not len(got):
+        return None
+    same = reference[reference[:, 5] == got[0, 5]]
+    return round(float(reference[0, 4] - same[0, 4]), 3) if len(same) else None
 
 
 def _large_jpegs(count: int = 12) -> list[bytes]:
@@ -228,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-e2e", action="store_true", help="no `extract --no-detect` rows")
+    parser.add_argument("--skip-decode", action="store_true", help="no decode rows")
+    parser.add_argument("--skip-accuracy", action="store_true", help="no accuracy rows")
     parser.add_argument("--threads", type=int, default=1,
                         help="inference threads per model (default 1: what each of the local runner's "
                              "streams gets on 2 cores)")
@@ -235,10 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     machine = {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(), "flags": cpu_flags(),
                "openvino_bf16": openvino_has_bf16()}
     rows = bench_models(args.rounds, args.threads)
-    rows.update(bench_decode(args.rounds))
+    if not args.skip_decode:
+        rows.update(bench_decode(args.rounds))
     if not args.skip_e2e:
         rows.update(bench_no_detect_workers(args.rounds))
+    accuracy = {} if args.skip_accuracy else bench_accuracy()
     result = {"machine": machine, "rounds": args.rounds, "threads": args.threads, "rows": summarise(rows),
+              "accuracy": accuracy,
               "command": "python benchmarks/precision.py " + " ".join(argv or sys.argv[1:])}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))
@@ -246,6 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'variant':34} {'img/s':>8} {'x baseline':>10}   (baseline: ort-sq, ort, 1 thread)")
     for label, row in result["rows"].items():
         print(f"{label:34} {row['img_s']:8.1f} {row['ratio'] if row['ratio'] is not None else '':>10}")
+    if accuracy:
+        print(f"\n{'vs onnxruntime fp32':22} {'cos min':>8} {'cos mean':>8} {'bits max':>8} {'main label changed':>20}")
+        for label, row in accuracy.items():
+            print(f"{label:22} {row['cosine_min']:8.4f} {row['cosine_mean']:8.4f} {row['bits_max']:8d} "
+                  f"{row['main_label_changed']:>6} of {row['photos']} (reference gaps {row['reference_gap_where_changed']})")
     return 0
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 import imgfeat
 from imgfeat.config import PipelineConfig, RunConfig
 from imgfeat.errors import ConfigError
-from imgfeat.models import centernet, create_detector, create_embedder, create_hasher
+from imgfeat.models import centernet, create_embedder
 from imgfeat.models.runtimes import (
     OnnxModel, create_runtime, openvino_available, openvino_has_bf16, resolve_runtime,
 )
@@ -105,71 +105,12 @@ def _photos() -> list[np.ndarray]:
     return images
 
 
-NEAR_TIE = 0.1  # bf16 moved detection scores by up to 0.066 on the samples: closer ones may swap
-
-
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     x1, y1 = max(a[0], b[0]), max(a[1], b[1])
     x2, y2 = min(a[2], b[2]), min(a[3], b[3])
     inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return float(inter / union) if union > 0 else 0.0
-
-
-def _run_models(images: list[np.ndarray], runtime: str, precision: str):
-    detector = create_detector("centernet-mbv3", runtime=runtime, precision=precision)
-    embedder = create_embedder("mobilenet-v2", runtime=runtime, precision=precision)
-    detections = [d for i in range(0, len(images), 8) for d in detector(images[i:i + 8])]
-    embeddings = embedder(images)
-    codes = create_hasher("rproj", embedder.dim, 256)(embeddings)
-    return detections, embeddings, codes
-
-
-@pytest.fixture(scope="module")
-def reference():
-    """The onnxruntime fp32 results on the sample photos: what every precision is gated against."""
-    images = _photos()
-    assert len(images) >= 10
-    return images, _run_models(images, "onnxruntime", "fp32")
-
-
-# precision -> (min cosine, max code bits differing of 256 per photo, score tolerance of the
-# main detection). fp32 is the same arithmetic reordered; bf16 measured cosine 0.991-0.9996,
-# 5-15 bits and detection scores moved by up to 0.066 on the samples.
-GATES = {"fp32": (0.9999, 2, 0.01), "bf16": (0.99, 32, NEAR_TIE)}
-
-
-@pytest.mark.slow
-@needs_openvino
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_openvino_accuracy_gate_on_real_photos(reference, precision):
-    """Each OpenVINO precision keeps the onnxruntime fp32 reference's embeddings (cosine),
-    codes (bits that differ) and main detection (same label, IoU >= 0.9) on every sample photo.
-
-    fp32 must give the same main detection everywhere. bf16 moves detection scores by up to
-    0.07: where the reference's top detections are within NEAR_TIE of each other (kites_beach:
-    a kite 0.580, a person 0.577) either may come first, so the main detection must be one of
-    those near-tied reference detections, never anything else."""
-    if precision == "bf16" and not openvino_has_bf16():
-        pytest.skip("this CPU has no native bf16 (AVX-512 BF16 or AMX): OpenVINO cannot run bf16 here")
-    min_cosine, max_bits, tolerance = GATES[precision]
-    images, (ref_dets, ref_emb, ref_codes) = reference
-    dets, emb, codes = _run_models(images, "openvino", precision)
-    cosines = np.sum(ref_emb * emb, axis=1)
-    assert cosines.min() >= min_cosine, cosines
-    bits = np.unpackbits(ref_codes ^ codes, axis=1).sum(axis=1)
-    assert bits.max() <= max_bits, bits
-    compared = clear = 0
-    for ref, got in zip(ref_dets, dets):
-        if not len(ref) or ref[0, 4] < 0.3:
-            continue
-        compared += 1
-        tied = ref[ref[:, 4] >= ref[0, 4] - tolerance] if precision == "bf16" else ref[:1]
-        matches = [c for c in tied if c[5] == got[0, 5] and _iou(c[:4], got[0, :4]) >= 0.9]
-        assert matches, (tied, got[0])
-        assert abs(float(matches[0][4]) - float(got[0, 4])) <= tolerance, (matches[0], got[0])
-        clear += len(tied) == 1
-    assert compared >= 8 and clear >= 5, (compared, clear)  # 14 and 7 on the samples here
 
 
 @pytest.mark.gpu

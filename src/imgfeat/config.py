@@ -14,7 +14,7 @@ from typing import Any
 from .errors import ConfigError
 from .storage import Retry
 
-PRECISION_CHOICES = ("auto", "fp32", "bf16")  # as models.runtimes.PRECISION_CHOICES
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "int8")  # as models.runtimes.PRECISION_CHOICES
 DEFAULT_MAX_PIXELS = 100_000_000  # ~ a 10k x 10k photo; larger images are refused as bombs
 
 
@@ -180,7 +180,9 @@ class RunConfig:
         runtime: "auto" (OpenVINO on CPUs with native bf16, where it is ~2x faster, else
             onnxruntime; onnxruntime's CUDA provider on "cuda"), "onnxruntime" or "openvino".
         precision: "auto" (bf16 where runtime resolves to OpenVINO on a CPU with native bf16,
-            else fp32), "fp32" or "bf16". Runtime and precision are resolved once, where the
+            else fp32), "fp32", "bf16" or "int8" (both networks quantised once, calibrated on
+            the sample photos; CPU only, never picked by "auto": docs/models.md). Runtime and
+            precision are resolved once, where the
             run is planned (`resolved_compute`), recorded in the manifest and kept by resumed
             runs, engine tasks and the queries of `search`/`serve`.
         threads: inference threads per stream; 0: the cores shared out among the streams
@@ -242,6 +244,9 @@ class RunConfig:
         if self.precision == "bf16" and (self.device == "cuda" or self.runtime == "onnxruntime"):
             raise ConfigError("bf16 runs on OpenVINO on a CPU with native bf16: use precision 'fp32' "
                               "(or 'auto') with device 'cuda' or runtime 'onnxruntime'")
+        if self.precision == "int8" and self.device == "cuda":
+            raise ConfigError("int8 runs on the CPU (onnxruntime or OpenVINO): use precision 'fp32' "
+                              "(or 'auto') with device 'cuda'")
         if self.device == "cuda" and self.runtime == "openvino":
             raise ConfigError("device 'cuda' runs on onnxruntime's CUDA provider: use runtime "
                               "'auto' or 'onnxruntime' with it")

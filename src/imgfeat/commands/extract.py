@@ -7,6 +7,7 @@ import json
 import os
 
 from ..config import (
+    PRECISION_CHOICES,
     DEFAULT_BATCH_SIZES, DecodeConfig, DetectConfig, EmbedConfig, RunConfig, default_streams, default_workers,
 )
 
@@ -107,9 +108,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="inference device")
     g.add_argument("--runtime", choices=("auto", "onnxruntime", "openvino"), default="auto",
                    help="inference runtime (default auto: OpenVINO on CPUs with native bf16, else onnxruntime)")
-    g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+    g.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
                    help="inference precision (default auto: bf16 where the runtime is OpenVINO on a CPU with "
-                        "native bf16, else fp32); resolved once and recorded: a resumed output keeps its own")
+                        "native bf16, else fp32; int8: both networks quantised once, calibrated on the "
+                        "sample photos, docs/models.md); resolved once and recorded: a resumed output "
+                        "keeps its own")
     g.add_argument("--shard-size", type=int, default=d_run.shard_size,
                    help=f"images per output file, the unit of resume (default {d_run.shard_size})")
     g.add_argument("--max-error-ratio", type=float, default=1.0,

@@ -68,8 +68,9 @@ class CenterNetDetector:
         # as_file gives a real path even when imgfeat is imported from a zip (spark --py-files);
         # the runtime reads the whole file while the session is built
         with resources.as_file(bundled) as path:
-            self.model = create_runtime(path, runtime=runtime, device=device, threads=threads,
-                                        precision=precision)
+            self.model = create_runtime(
+                path, runtime=runtime, device=device, threads=threads, precision=precision,
+                calibration=lambda: _letterboxed_photos(input_size, keep_aspect))
         self.labels = tuple(centernet.COCO_LABELS)
         self.digest = self.model.digest
         self.runtime = self.model.describe()
@@ -105,6 +106,21 @@ class CenterNetDetector:
         return results
 
 
+def _letterboxed_photos(size: int, keep_aspect: bool) -> list[np.ndarray]:
+    """The calibration photos as CenterNet inputs, one batch each, at the shapes it runs at
+    (for int8 quantisation, models/quantize.py)."""
+    from . import centernet
+    from .quantize import calibration_photos
+
+    batches = []
+    for photo in calibration_photos():
+        height, width = centernet.input_shape_for(*photo.shape[:2], size=size, keep_aspect=keep_aspect)
+        batch = np.zeros((1, height, width, 3), dtype=np.float32)
+        letterbox(photo, size, "linear", out=batch[0])
+        batches.append(batch)
+    return batches
+
+
 def read_labels(path: str) -> tuple[str, ...]:
     """Class names from a text file, one per line in class-index order (e.g. coco.names).
 
@@ -132,7 +148,7 @@ class OnnxDetector:
         if not Path(path).exists():
             raise ModelUnavailable(f"detector model not found: {path}")
         self.model = create_runtime(path, runtime=runtime, device=device, threads=threads,
-                                    precision=precision)
+                                    precision=precision)  # no int8: decoding inside, untested
         self.name = f"onnx:{Path(path).name}"
         self.digest = self.model.digest
         self.runtime = self.model.describe()

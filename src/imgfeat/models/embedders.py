@@ -40,7 +40,8 @@ class OnnxEmbedder:
             input size (224 when the size is dynamic).
         device, threads: where and on how many threads inference runs.
         runtime: "auto", "onnxruntime" or "openvino" (models/runtimes.py).
-        precision: "auto", "fp32" or "bf16" (models/runtimes.py `resolve_compute`).
+        precision: "auto", "fp32", "bf16" or "int8" (models/runtimes.py `resolve_compute`;
+            int8 quantises the file once, calibrated on `calibration_crops`).
     """
 
     def __init__(self, path: str | os.PathLike, name: str | None = None, spec: InputSpec | None = None,
@@ -48,7 +49,7 @@ class OnnxEmbedder:
         if not Path(path).exists():
             raise ModelUnavailable(f"embedder model not found: {path}")
         self.model = create_runtime(path, runtime=runtime, device=device, threads=threads,
-                                    precision=precision)
+                                    precision=precision, calibration=lambda: _calibration_batches(path, spec))
         self.name = name or f"onnx:{Path(path).name}"
         self.digest = self.model.digest
         self.runtime = self.model.describe()
@@ -69,6 +70,27 @@ class OnnxEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         features = self.model.run(to_tensor(crops, self.spec))[0]
         return l2_normalize(features.reshape(len(crops), -1))
+
+
+def calibration_crops(photos: list[np.ndarray]) -> list[np.ndarray]:
+    """What an embedder sees, made from whole photos: each photo (the whole-image vector,
+    `--no-detect`) and its central 60 % (a stand-in for a detected object's crop)."""
+    crops = list(photos)
+    for photo in photos:
+        h, w = photo.shape[:2]
+        top, left = int(h * 0.2), int(w * 0.2)
+        crops.append(np.ascontiguousarray(photo[top:h - top, left:w - left]))
+    return crops
+
+
+def _calibration_batches(path: str | os.PathLike, spec: InputSpec | None) -> list[np.ndarray]:
+    """The calibration crops as the embedder's input tensors, in batches of 16 (int8)."""
+    from .onnx_meta import recorded_spec
+    from .quantize import calibration_photos, model_input_shape
+
+    spec = spec or recorded_spec(path) or spec_from_shape(model_input_shape(path), 224)
+    crops = calibration_crops(calibration_photos())
+    return [to_tensor(crops[i:i + 16], spec) for i in range(0, len(crops), 16)]
 
 
 def prepare_mobilenet_v2(force: bool = False, gem_p: float | None = None) -> Path:

@@ -93,7 +93,9 @@ def create_embedder(name: str, **kwargs: Any) -> Embedder:
         from .torch_hub import TorchHubEmbedder
 
         kwargs.pop("runtime", None)  # torch runs these; the ONNX runtime choices do not apply
-        kwargs.pop("precision", None)
+        if kwargs.pop("precision", None) == "int8":
+            raise ConfigError(f"{name} runs on torch, which imgfeat does not quantise: use --precision "
+                              "fp32 (or auto), or export it to ONNX and pass onnx:PATH for int8")
         return TorchHubEmbedder(name, **kwargs)
     if name not in EMBEDDERS:
         raise _unknown("embedder", name, list_embedders(include_tests=False))

@@ -3,6 +3,7 @@
     create_runtime(path, runtime="auto", device="cpu", threads=0, precision="auto")
     resolve_compute("auto", "auto", "cpu") -> ("openvino", "bf16") on CPUs with native bf16
                                              (and OpenVINO installed), else ("onnxruntime", "fp32")
+    create_runtime(path, precision="int8", calibration=fn)  # quantised once, models/quantize.py
 
 Both wrappers have the same small interface: `input_name`, `input_shape`, `output_names`,
 `fixed_batch`, `digest`, `precision`, `describe()` and `run(batch, output_names)`.
@@ -26,8 +27,11 @@ import numpy as np
 from ..errors import ConfigError, MissingExtra
 
 RUNTIME_CHOICES = ("auto", "onnxruntime", "openvino")
-PRECISION_CHOICES = ("auto", "fp32", "bf16")
-_OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16"}  # imgfeat's names -> OpenVINO's
+INT8_AUTO_RUNTIME = "onnxruntime"  # what --precision int8 runs on with --runtime auto
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "int8")
+# imgfeat's names -> OpenVINO's inference precision; int8 files carry their own int8 layers
+# (QDQ), and what is left in float between them stays f32 (bf16 there would add its own error)
+_OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
 def imgfeat_home() -> Path:
@@ -107,13 +111,22 @@ def resolve_compute(runtime: str = "auto", precision: str = "auto", device: str 
     setting on 2 cores) OpenVINO fp32 ran 0.9-1.3x onnxruntime on the detector and 0.4-0.75x
     on the embedder, even on a bf16 CPU (benchmarks/precision.py, docs/benchmarks.md).
 
+    "int8" (never picked by "auto") runs the models quantised by `models.quantize` on either
+    runtime (onnxruntime with runtime "auto"); the CPU only.
+
     Raises:
         ConfigError: an unknown choice, or one this machine cannot compute (bf16 without a
-            CPU that has it natively, bf16 on onnxruntime or CUDA, openvino on "cuda").
+            CPU that has it natively, bf16 on onnxruntime or CUDA, openvino on "cuda", int8
+            on "cuda").
         MissingExtra: openvino asked for explicitly but not installed.
     """
     if precision not in PRECISION_CHOICES:
         raise ConfigError(f"unknown precision {precision!r}; use one of {', '.join(PRECISION_CHOICES)}")
+    if precision == "int8":
+        if device != "cpu":
+            raise ConfigError("int8 runs on the CPU (onnxruntime or OpenVINO): use --precision fp32 (or "
+                              "auto) with --device cuda, or --device cpu for int8")
+        return resolve_runtime(INT8_AUTO_RUNTIME if runtime == "auto" else runtime, device), "int8"
     if precision == "bf16" and device == "cpu" and runtime != "onnxruntime" and not openvino_has_bf16():
         raise ConfigError("this CPU has no native bf16 (AVX-512 BF16 or AMX), or OpenVINO is not "
                           "installed (pip install 'imgfeat[openvino]'), so nothing computes bf16 here: "
@@ -139,20 +152,22 @@ class OnnxModel:
         path: the .onnx file.
         device: "cpu" or "cuda" (needs onnxruntime-gpu: `pip install 'imgfeat[gpu]'`).
         threads: intra-op threads; 0 lets onnxruntime use every core.
-        precision: "fp32" (or "auto"): onnxruntime runs the file's own float32 weights.
+        precision: "fp32" (or "auto"): onnxruntime runs the file's own float32 weights;
+            "int8": the file is an int8 (QDQ) one made by `models.quantize`, said so in
+            `describe()`.
 
     Raises:
         ConfigError: another precision, or an unknown device.
     """
 
     runtime = "onnxruntime"
-    precision = "fp32"
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int = 0,
                  precision: str = "fp32"):
-        if precision not in ("auto", "fp32"):
-            raise ConfigError(f"onnxruntime runs these models in fp32, not {precision!r}: use "
+        if precision not in ("auto", "fp32", "int8"):
+            raise ConfigError(f"onnxruntime runs these models in fp32 or int8, not {precision!r}: use "
                               "--runtime openvino for bf16")
+        self.precision = "int8" if precision == "int8" else "fp32"
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - a core dependency
@@ -209,8 +224,10 @@ class OnnxModel:
         return first if isinstance(first, int) and first > 0 else None
 
     def describe(self) -> str:
-        """What ran the model, for the manifest: e.g. "onnxruntime 1.22.0 CPUExecutionProvider"."""
-        return f"onnxruntime {self._version} {self.session.get_providers()[0]}"
+        """What ran the model, for the manifest: e.g. "onnxruntime 1.22.0 CPUExecutionProvider"
+        (with " int8" after it for a quantised file)."""
+        described = f"onnxruntime {self._version} {self.session.get_providers()[0]}"
+        return described + " int8" if self.precision == "int8" else described
 
     def run(self, batch: np.ndarray, output_names: list[str] | None = None) -> list[np.ndarray]:
         """Run one batch; splits it when the graph has a fixed batch size."""
@@ -240,7 +257,9 @@ class OpenVinoModel:
         hint: "LATENCY" (one stream using every thread: best for one call at a time) or
             "THROUGHPUT" (several streams, for many concurrent requests).
         streams: number of OpenVINO streams; 0 lets `threads` and the hint decide.
-        precision: "fp32" or "bf16" ("auto": bf16 where the CPU has it natively, else fp32).
+        precision: "fp32" or "bf16" ("auto": bf16 where the CPU has it natively, else fp32);
+            "int8": the file is an int8 (QDQ) one made by `models.quantize`, whose float
+            remainder runs in f32.
         static: compile per shape (True) or once with a dynamic batch axis (False; kept for
             the benchmarks' comparison).
 
@@ -405,12 +424,26 @@ RUNTIMES: dict[str, Callable[..., OnnxModel | OpenVinoModel]] = {
 
 
 def create_runtime(path: str | os.PathLike, runtime: str = "auto", device: str = "cpu",
-                   threads: int = 0, precision: str = "auto") -> OnnxModel | OpenVinoModel:
+                   threads: int = 0, precision: str = "auto",
+                   calibration: Callable[[], list[np.ndarray]] | None = None) -> OnnxModel | OpenVinoModel:
     """Load an ONNX file with the chosen runtime ("auto", "onnxruntime", "openvino") and
-    precision ("auto", "fp32", "bf16"); a run passes the concrete pair it recorded.
+    precision ("auto", "fp32", "bf16", "int8"); a run passes the concrete pair it recorded.
+
+    Args:
+        calibration: for "int8", a function giving the model's input tensors made from the
+            calibration photos (`models.quantize.calibration_photos`) by the model's own
+            preprocessing; the file is quantised on them once and cached.
 
     Raises:
-        ConfigError, MissingExtra: see `resolve_compute`.
+        ConfigError, MissingExtra: see `resolve_compute`; int8 for a model without calibration.
     """
     concrete, precision = resolve_compute(runtime, precision, device)
+    if precision == "int8":
+        if calibration is None:
+            raise ConfigError(f"{Path(path).name} has no calibration inputs, so it cannot be quantised "
+                              "to int8; int8 is offered for the bundled detector and ONNX embedders: "
+                              "use --precision fp32 (or auto)")
+        from .quantize import quantized_model
+
+        path = quantized_model(path, calibration())
     return RUNTIMES[concrete](path, device=device, threads=threads, precision=precision)

@@ -100,7 +100,7 @@ def recorded_compute(manifest: dict[str, Any] | None) -> tuple[str, str] | None:
     manifest = manifest or {}
     run = (manifest.get("config") or {}).get("run") or {}
     runtime, precision = run.get("runtime"), run.get("precision")
-    if runtime in ("onnxruntime", "openvino") and precision in ("fp32", "bf16"):
+    if runtime in ("onnxruntime", "openvino") and precision in ("fp32", "bf16", "int8"):
         return runtime, precision
     described = str((manifest.get("model_digests") or {}).get("runtime") or "")
     if described.startswith("onnxruntime"):
@@ -129,7 +129,7 @@ def compute_for_output(config: PipelineConfig, output: str) -> PipelineConfig:
     if asked[0] not in ("auto", runtime) or asked[1] not in ("auto", precision):
         raise OutputError(f"{output} was computed with {runtime} {precision}, but this run asks for "
                           f"runtime {asked[0]} precision {asked[1]}: one output must not mix them (bf16 "
-                          f"moves embeddings and near-tied detections). Resume with --runtime {runtime} "
+                          f"and int8 move embeddings and near-tied detections). Resume with --runtime {runtime} "
                           f"--precision {precision} (or auto), or use another output folder or --overwrite")
     run = dataclasses.replace(config.run, runtime=runtime, precision=precision)
     try:
