@@ -154,6 +154,15 @@ def test_query_config_falls_back_to_fp32_where_bf16_cannot_run(monkeypatch):
     assert query_config(fp32).run.precision == "fp32"  # nothing to fall back from, no warning
 
 
+def test_query_config_keeps_int8_where_openvino_is_missing(monkeypatch):
+    # an OpenVINO index searched where OpenVINO is not installed: onnxruntime, same precision
+    monkeypatch.setattr(runtimes, "openvino_available", lambda: False)
+    for precision, expected in (("int8", "int8"), ("fp32", "fp32")):
+        index_config = PipelineConfig.from_options(runtime="openvino", precision=precision).to_dict()
+        run = query_config(index_config).run
+        assert (run.runtime, run.precision) == ("onnxruntime", expected)
+
+
 # --- accuracy gates ---------------------------------------------------------------------------
 
 

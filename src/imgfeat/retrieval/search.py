@@ -88,8 +88,8 @@ def query_config(index_config: dict[str, Any], device: str | None = None, thread
 
 
 def _fall_back_where_unavailable(run: dict[str, Any]) -> None:
-    """Recorded OpenVINO where it cannot run here: fp32 moves to onnxruntime (the same
-    arithmetic, cosine >= 0.9999), bf16 on a CPU without it to fp32 with a warning (query
+    """Recorded OpenVINO where it cannot run here: fp32 and int8 move to onnxruntime (the same
+    model file; fp32 cosine >= 0.9999), bf16 on a CPU without it to fp32 with a warning (query
     embeddings then differ from the rows' by up to ~0.01 in cosine)."""
     from ..models.runtimes import openvino_available, openvino_has_bf16
 
@@ -101,7 +101,8 @@ def _fall_back_where_unavailable(run: dict[str, Any]) -> None:
                       "by up to ~0.01", RuntimeWarning, stacklevel=3)
         run.update(runtime="auto", precision="fp32")
     elif not openvino_available():
-        run.update(runtime="onnxruntime", precision="fp32")
+        # int8 stays int8: onnxruntime runs the same quantised file
+        run.update(runtime="onnxruntime", precision="int8" if run.get("precision") == "int8" else "fp32")
 
 
 _QUERY_FEATURES: "OrderedDict[str, Features]" = OrderedDict()
