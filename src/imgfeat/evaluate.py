@@ -343,7 +343,8 @@ def run_neardup(settings: EvalSettings, log: Callable[[str], None] = lambda mess
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.__dict__.items()},
         "models": dict(encoder.features.models),
         "counts": {"photos": len(photos), "database": len(benchmark.database),
-                   "distractors": len(benchmark.database) - len(photos) - len(extras), "queries": len(benchmark.queries),
+                   "distractors": len(benchmark.database) - len(photos) - len(extras),
+                   "queries": len(benchmark.queries),
                    "transforms": transforms},
         "thresholds": {"float_cosine_distance": 1.0 - settings.threshold, "code_hamming_fraction": code_threshold,
                        "perceptual_hamming_fraction": PERCEPTUAL_THRESHOLD},
@@ -470,13 +471,15 @@ def check_larger_targets(results: dict[str, dict[str, Any]], same_object: dict[s
 
 def format_table(report: dict[str, Any]) -> str:
     """The results as a fixed-width text table, then the targets."""
-    header = f"{'method':<20}{'bits':>6}{'top-1':>8}{'mAP':>8}{'thr':>7}{'prec':>7}{'recall':>8}{'bestF1':>8}{'@thr':>7}"
+    header = (f"{'method':<20}{'bits':>6}{'top-1':>8}{'mAP':>8}{'thr':>7}{'prec':>7}{'recall':>8}{'bestF1':>8}"
+              f"{'@thr':>7}")
     lines = [header, "-" * len(header)]
     for name, result in report["results"].items():
         lines.append(
             f"{name:<20}{result['bits']:>6}{result['top1']:>8.3f}{result['map']:>8.3f}"
             f"{result['threshold']:>7.3f}{result['at_threshold_precision']:>7.3f}"
-            f"{result['at_threshold_recall']:>8.3f}{result['best_f1']['f1']:>8.3f}{result['best_f1']['threshold']:>7.3f}")
+            f"{result['at_threshold_recall']:>8.3f}{result['best_f1']['f1']:>8.3f}"
+            f"{result['best_f1']['threshold']:>7.3f}")
     for key, why in report.get("skipped", {}).items():
         lines.append(f"{key:<20} skipped: {why}")
     if "same_object" in report:
