@@ -225,6 +225,11 @@ def test_eval_run_with_both_vectors_variants_and_same_object(tmp_path):
     assert report["counts"]["variants"] == 1 and report["counts"]["queries"] == 8 * 9 + 1
     assert {"float", "image/float", "rproj-32", "image/rproj-32", "itq-8", "image/itq-8"} <= set(report["results"])
     assert "variant" in report["results"]["image/float"]["top1_by_transform"]
+    floats = report["results"]["image/float"]
+    # every query whose nearest item is wrong is listed, with what it found instead
+    assert len(floats["misses"]) == round((1 - floats["top1"]) * report["counts"]["queries"])
+    for miss in floats["misses"]:
+        assert miss["found"] != miss["photo"] and miss["edit"] in report["counts"]["transforms"]
     task = report["same_object"]
     assert task["counts"] == {"objects": 3, "pastes": 6, "backgrounds": len(task["backgrounds"])}
     assert set(task["objects"]) == {"blob0.png", "blob1.png", "blob2.png"}

@@ -138,12 +138,15 @@ class EvalSettings:
         return math.acos(self.threshold) / math.pi
 
 
-def _score(distances: np.ndarray, benchmark: Benchmark, threshold: float, seed: int) -> dict[str, Any]:
+def _score(distances: np.ndarray, benchmark: Benchmark, threshold: float, seed: int,
+           misses: bool = False) -> dict[str, Any]:
+    """A method's scores; with `misses`, also each query whose nearest item is wrong: its
+    photo, its edit and the item it found (for the floats: which photos are hard, and why)."""
     relevant = benchmark.relevant
     order = rank_order(distances, seed)
     first = np.take_along_axis(relevant, order[:, :1], axis=1)[:, 0]
     transforms = np.asarray(benchmark.query_transforms)
-    return {
+    scores = {
         "top1": float(first.mean()),
         "map": mean_average_precision(distances, relevant, seed),
         "threshold": threshold,
@@ -151,6 +154,11 @@ def _score(distances: np.ndarray, benchmark: Benchmark, threshold: float, seed: 
         "best_f1": best_f1(distances, relevant),
         "top1_by_transform": {t: float(first[transforms == t].mean()) for t in dict.fromkeys(transforms)},
     }
+    if misses:
+        names = benchmark.database_names
+        scores["misses"] = [{"photo": names[benchmark.query_photo[q]], "edit": transforms[q],
+                             "found": names[order[q, 0]]} for q in np.flatnonzero(~first)]
+    return scores
 
 
 def _training_set(photos: list[np.ndarray], encoder: PipelineEmbedder, crops_per_photo: int, views: int,
@@ -255,7 +263,8 @@ def run_neardup(settings: EvalSettings, log: Callable[[str], None] = lambda mess
         prefix = PREFIX[vector]
         query_vectors, database_vectors = query_encoded.vectors(vector), database_encoded.vectors(vector)
         results[f"{prefix}float"] = {"bits": 32 * encoder.dim, **_score(
-            cosine_distances(query_vectors, database_vectors), benchmark, 1.0 - settings.threshold, settings.seed)}
+            cosine_distances(query_vectors, database_vectors), benchmark, 1.0 - settings.threshold, settings.seed,
+            misses=True)}
 
     t = time.perf_counter()
     for method in settings.perceptual:
