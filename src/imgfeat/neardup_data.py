@@ -5,7 +5,8 @@ encoders that turn them into vectors or codes (the pipeline's Features, imagehas
     extras, variants = load_variants("samples/", names)  # natural variants, if a variants/ folder exists
     benchmark = build_benchmark(names, photos, extras=extras, variants=variants)  # database, queries, truth
     embeddings, boxes = PipelineEmbedder(detector, embedder)(benchmark.database)
-    task = build_same_object(photos, boxes, scores)     # one object pasted into several backgrounds
+    encoded = PipelineEmbedder(detector, embedder).encode(photos)  # both vectors, boxes, scores
+    task = build_same_object(names, photos, encoded.boxes, encoded.scores)  # objects pasted elsewhere
 
 Natural variants live in PHOTOS/variants/: `STEM@LABEL.ext` is another rendition of the picture
 `STEM` (another aspect ratio, crop or encoding made by its author or another project), a query
