@@ -13,7 +13,7 @@
 #
 # Needs: apt-get (Debian bookworm archive; run `apt-get update` first), dpkg, sha256sum, and a
 #        Python with pip, numpy and Pillow ($PYTHON, default python3).
-# Not run by CI: it downloads ~300 MB of .deb, wheel and sdist files.
+# Not run by CI: it downloads ~270 MB of .deb, wheel and sdist files.
 #
 # A sum mismatch is reported (the archive may have moved on to a newer version) but the
 # conversion still runs.
