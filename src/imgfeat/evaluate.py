@@ -5,12 +5,21 @@
               "originals" that share colours and texture with a photo but are not a copy of it)
     queries   each photo through every transform of augment.TRANSFORMS (resize, jpeg, crop,
               flip, rotate, brightness, text, grayscale) and one chain of 2-3 of them
+              and, from PHOTOS/variants/, natural variants (other renditions of a picture; see
+              neardup_data) and extra originals
     truth     a query's only relevant database item is the photo it came from
 
 Each method ranks the whole database for every query:
     float         1 - cosine of the pipeline's embeddings (stages.Features: detect -> crop -> embed)
     rproj/itq/deepbit-<bits>   Hamming distance / bits of the codes of those embeddings
     phash/dhash/whash/ahash    Hamming distance / 64 of imagehash's 64-bit hashes of the images
+With `vectors=("object", "image")` every float and code method runs on both of the pipeline's
+vectors from the same pass: the main object's (`embedding`; keys as above) and the whole image's
+(`image_embedding`; keys "image/float", "image/rproj-256", ...).
+
+The same-object task (`same_object` > 0; neardup_data.build_same_object): the main objects of a
+few photos pasted into other photos; a paste's relevant items are the other pastes of its object,
+the pastes of other objects into the same backgrounds are the distractors. Both vectors are scored.
 
 Learned codes are trained in folds so no query is coded by a hash that saw its photo: the
 photos are split in `folds` groups; for each, a hash is trained on random crops of the other
@@ -38,9 +47,15 @@ from .errors import ConfigError
 from .metrics import (
     best_f1, cosine_distances, hamming_distances, mean_average_precision, precision_recall, rank_order,
 )
-from .neardup_data import PERCEPTUAL, Benchmark, PipelineEmbedder, build_benchmark, load_photos, perceptual_hashes
+from .neardup_data import (
+    PERCEPTUAL, Benchmark, PipelineEmbedder, SameObject, build_benchmark, build_same_object, load_photos, load_variants,
+    perceptual_hashes,
+)
 
 CODE_METHODS = ("rproj", "itq", "deepbit")
+VECTORS = ("object", "image")
+# result-key prefix of each vector: the object vector keeps the unprefixed keys it always had
+PREFIX = {"object": "", "image": "image/"}
 # imagededup's default for 64-bit perceptual hashes: max_distance_threshold=10
 PERCEPTUAL_THRESHOLD = 10 / 64
 
@@ -71,6 +86,10 @@ class EvalSettings:
             whitening fitted per fold on the other photos' training crops and views (like the
             learned codes), as "pcaw-<dim>"; and plain PCA to that size as "pca-<dim>".
         whiten_power: the whitening's variance exponent (whitening.fit_whitening).
+        vectors: which of the pipeline's vectors to score: "object" (`embedding`), "image"
+            (`image_embedding`), or both, side by side from the same pass.
+        same_object: objects in the same-object task (0: no task); each pasted into
+            `same_object_pastes` backgrounds.
     """
 
     photos: str = "samples"
@@ -90,8 +109,15 @@ class EvalSettings:
     flip: bool = False
     whiten_dims: tuple[int, ...] = ()
     whiten_power: float = 0.5
+    vectors: tuple[str, ...] = ("object",)
+    same_object: int = 0
+    same_object_pastes: int = 4
 
     def __post_init__(self) -> None:
+        if not self.vectors or set(self.vectors) - set(VECTORS):
+            raise ConfigError(f"vectors must be some of {', '.join(VECTORS)}, got {list(self.vectors)}")
+        if self.same_object < 0 or (self.same_object and self.same_object_pastes < 2):
+            raise ConfigError("same_object must be >= 0 objects with >= 2 pastes each")
         unknown = set(self.methods) - set(CODE_METHODS)
         if unknown:
             raise ConfigError(f"unknown code methods {sorted(unknown)}; valid: {', '.join(CODE_METHODS)}")
@@ -112,12 +138,15 @@ class EvalSettings:
         return math.acos(self.threshold) / math.pi
 
 
-def _score(distances: np.ndarray, benchmark: Benchmark, threshold: float, seed: int) -> dict[str, Any]:
+def _score(distances: np.ndarray, benchmark: Benchmark, threshold: float, seed: int,
+           misses: bool = False) -> dict[str, Any]:
+    """A method's scores; with `misses`, also each query whose nearest item is wrong: its
+    photo, its edit and the item it found (for the floats: which photos are hard, and why)."""
     relevant = benchmark.relevant
     order = rank_order(distances, seed)
     first = np.take_along_axis(relevant, order[:, :1], axis=1)[:, 0]
     transforms = np.asarray(benchmark.query_transforms)
-    return {
+    scores = {
         "top1": float(first.mean()),
         "map": mean_average_precision(distances, relevant, seed),
         "threshold": threshold,
@@ -125,12 +154,19 @@ def _score(distances: np.ndarray, benchmark: Benchmark, threshold: float, seed: 
         "best_f1": best_f1(distances, relevant),
         "top1_by_transform": {t: float(first[transforms == t].mean()) for t in dict.fromkeys(transforms)},
     }
+    if misses:
+        names = benchmark.database_names
+        scores["misses"] = [{"photo": names[benchmark.query_photo[q]], "edit": transforms[q],
+                             "found": names[order[q, 0]]} for q in np.flatnonzero(~first)]
+    return scores
 
 
 def _training_set(photos: list[np.ndarray], encoder: PipelineEmbedder, crops_per_photo: int, views: int,
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                  rng: np.random.Generator, vectors: tuple[str, ...] = ("object",)
+                  ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Training originals (each photo and random 40-100% crops of it) embedded through the
-    pipeline, and `views` augmented views of each one's main-object crop."""
+    pipeline, and `views` augmented views of each one: of its main-object crop for the object
+    vector, of the whole image for the whole-image vector. Per vector: (originals, views)."""
     from PIL import Image
 
     from .augment import crop_fraction, to_array
@@ -142,17 +178,27 @@ def _training_set(photos: list[np.ndarray], encoder: PipelineEmbedder, crops_per
         originals.append(photo)
         for _ in range(crops_per_photo - 1):
             originals.append(to_array(crop_fraction(image, rng.uniform(0.4, 1.0), rng.uniform(), rng.uniform())))
-    embeddings, boxes = encoder(originals)
-    view_vectors = np.zeros((len(originals), views, encoder.dim), np.float32)
-    if views:
-        for i, (image, box) in enumerate(zip(originals, boxes)):
-            view_vectors[i] = encoder.embed_crops(box_views(image, box, views, rng))
-    return embeddings, view_vectors
+    encoded = encoder.encode(originals)
+    out = {}
+    for kind in vectors:
+        view_vectors = np.zeros((len(originals), views, encoder.dim), np.float32)
+        if views:
+            chunk = 16  # originals whose views are embedded together: fewer, fuller batches
+            for start in range(0, len(originals), chunk):
+                crops = []
+                for i in range(start, min(start + chunk, len(originals))):
+                    image = originals[i]
+                    box = encoded.boxes[i] if kind == "object" else \
+                        np.asarray([0, 0, image.shape[1], image.shape[0]], np.float32)
+                    crops.extend(box_views(image, box, views, rng))
+                view_vectors[start:start + chunk] = encoder.embed_crops(crops).reshape(-1, views, encoder.dim)
+        out[kind] = (encoded.vectors(kind), view_vectors)
+    return out
 
 
 def _whitened_distances(settings: EvalSettings, train_vectors: np.ndarray, train_views: np.ndarray,
                         queries: np.ndarray, database: np.ndarray, query_rows: np.ndarray, query_count: int,
-                        distances_by_key: dict[str, np.ndarray], skipped: dict[str, str]) -> None:
+                        distances_by_key: dict[str, np.ndarray], skipped: dict[str, str], prefix: str = "") -> None:
     """One fold's cosine distances after PCA-whitening / PCA fitted on that fold's training
     vectors (the originals and their views: no query photo among them)."""
     from .whitening import fit_whitening
@@ -160,7 +206,7 @@ def _whitened_distances(settings: EvalSettings, train_vectors: np.ndarray, train
     sample = np.concatenate([train_vectors, train_views.reshape(-1, train_vectors.shape[1])])
     for dim in settings.whiten_dims:
         for kind, power in (("pcaw", settings.whiten_power), ("pca", 0.0)):
-            key = f"{kind}-{dim}"
+            key = f"{prefix}{kind}-{dim}"
             try:
                 whitening = fit_whitening(sample, dim, power)
             except ConfigError as exc:  # e.g. too few training vectors for dim: report, run the rest
@@ -179,8 +225,8 @@ def run_neardup(settings: EvalSettings, log: Callable[[str], None] = lambda mess
 
     Returns:
         A JSON-ready dict: settings, counts, seconds, and per method its scores
-        (top1, map, precision/recall at the threshold, best F1, top-1 by transform), and the
-        issue's targets with whether each is met.
+        (top1, map, precision/recall at the threshold, best F1, top-1 by transform), the
+        same-object task's scores when asked for, and the issue's targets with whether each is met.
 
     Raises:
         SourceError, ConfigError, MissingExtra.
@@ -192,6 +238,7 @@ def run_neardup(settings: EvalSettings, log: Callable[[str], None] = lambda mess
 
     started = time.perf_counter()
     names, photos = load_photos(settings.photos)
+    extras, variants = load_variants(settings.photos, names)
     if settings.folds > len(photos):
         raise ConfigError(f"folds ({settings.folds}) must not exceed the number of photos ({len(photos)})")
     encoder = PipelineEmbedder(settings.detector, settings.embedder, scales=settings.scales, flip=settings.flip)
@@ -199,20 +246,25 @@ def run_neardup(settings: EvalSettings, log: Callable[[str], None] = lambda mess
     # when detection is off, so both variants get the same benchmark; only its boxes are used,
     # so the tiny test embedder spares an embedding pass)
     locator = encoder if settings.detector != "none" else PipelineEmbedder(DetectConfig().model, "test-tiny")
-    _, photo_boxes = locator(photos)
-    benchmark = build_benchmark(names, photos, settings.distractors_per_photo, settings.seed, list(photo_boxes))
-    log(f"benchmark: {len(photos)} photos, {len(benchmark.database)} database items, "
-        f"{len(benchmark.queries)} queries")
+    located = locator.encode(photos)
+    benchmark = build_benchmark(names, photos, settings.distractors_per_photo, settings.seed, list(located.boxes),
+                                extras=extras, variants=variants)
+    log(f"benchmark: {len(photos)} photos, {len(benchmark.database)} database items "
+        f"({len(extras)} extra originals), {len(benchmark.queries)} queries ({len(variants)} natural variants)")
     seconds: dict[str, float] = {}
 
     t = time.perf_counter()
-    database_vectors, _ = encoder(benchmark.database)
-    query_vectors, _ = encoder(benchmark.queries)
+    database_encoded = encoder.encode(benchmark.database)
+    query_encoded = encoder.encode(benchmark.queries)
     seconds["embed_benchmark"] = time.perf_counter() - t
     results: dict[str, dict[str, Any]] = {}
     code_threshold = settings.code_threshold
-    results["float"] = {"bits": 32 * encoder.dim, **_score(
-        cosine_distances(query_vectors, database_vectors), benchmark, 1.0 - settings.threshold, settings.seed)}
+    for vector in settings.vectors:
+        prefix = PREFIX[vector]
+        query_vectors, database_vectors = query_encoded.vectors(vector), database_encoded.vectors(vector)
+        results[f"{prefix}float"] = {"bits": 32 * encoder.dim, **_score(
+            cosine_distances(query_vectors, database_vectors), benchmark, 1.0 - settings.threshold, settings.seed,
+            misses=True)}
 
     t = time.perf_counter()
     for method in settings.perceptual:
@@ -222,61 +274,87 @@ def run_neardup(settings: EvalSettings, log: Callable[[str], None] = lambda mess
     seconds["perceptual_hashes"] = time.perf_counter() - t
 
     if "rproj" in settings.methods:
-        for bits in settings.bits:
-            hasher = RandomProjectionHasher(encoder.dim, bits, settings.seed)
-            distances = hamming_distances(hasher(query_vectors), hasher(database_vectors))
-            results[f"rproj-{bits}"] = {"bits": bits, **_score(distances, benchmark, code_threshold, settings.seed)}
+        for vector in settings.vectors:
+            query_vectors, database_vectors = query_encoded.vectors(vector), database_encoded.vectors(vector)
+            for bits in settings.bits:
+                hasher = RandomProjectionHasher(encoder.dim, bits, settings.seed)
+                distances = hamming_distances(hasher(query_vectors), hasher(database_vectors))
+                results[f"{PREFIX[vector]}rproj-{bits}"] = {
+                    "bits": bits, **_score(distances, benchmark, code_threshold, settings.seed)}
 
     learned = [m for m in settings.methods if m != "rproj"]
     skipped: dict[str, str] = {}
     if learned or settings.whiten_dims:
         rng = np.random.default_rng(settings.seed + 1)
         fold_of_photo = rng.permutation(len(photos)) % settings.folds
+        # the fold of every database item a query may point at: photos as drawn, extra originals
+        # in turn (crops are never a query's truth)
+        fold_of_item = np.full(len(benchmark.database), -1)
+        fold_of_item[:len(photos)] = fold_of_photo
+        if benchmark.extras:
+            fold_of_item[-benchmark.extras:] = np.arange(benchmark.extras) % settings.folds
         distances_by_key: dict[str, np.ndarray] = {}
         for fold in range(settings.folds):
             train_photos = [p for p, f in zip(photos, fold_of_photo) if f != fold]
             t = time.perf_counter()
-            train_vectors, train_views = _training_set(train_photos, encoder, settings.train_crops,
-                                                       settings.views, rng)
+            training = _training_set(train_photos, encoder, settings.train_crops, settings.views, rng,
+                                     settings.vectors)
             seconds["embed_training"] = seconds.get("embed_training", 0.0) + time.perf_counter() - t
             log(f"fold {fold + 1}/{settings.folds}: training on {len(train_photos)} photos, "
-                f"{len(train_vectors)} crops x {settings.views} views")
-            query_rows = np.flatnonzero(fold_of_photo[benchmark.query_photo] == fold)
-            _whitened_distances(settings, train_vectors, train_views, query_vectors[query_rows], database_vectors,
-                                query_rows, len(benchmark.queries), distances_by_key, skipped)
-            t = time.perf_counter()
-            for method in learned:
-                for bits in settings.bits:
-                    key = f"{method}-{bits}"
-                    try:
-                        weight, bias, _ = fit_hasher(method, train_vectors, train_views, bits, settings.seed,
-                                                     DeepBitSettings(epochs=settings.deepbit_epochs))
-                    except ConfigError as exc:  # e.g. ITQ with bits > dim: report, run the rest
-                        skipped[key] = str(exc)
-                        continue
-                    hasher = LinearHasher(weight, bias, method)
-                    fold_distances = hamming_distances(hasher(query_vectors[query_rows]),
-                                                       hasher(database_vectors))
-                    distances_by_key.setdefault(key, np.zeros((len(benchmark.queries), len(benchmark.database)),
-                                                              np.float32))[query_rows] = fold_distances
-            seconds["train_hashes"] = seconds.get("train_hashes", 0.0) + time.perf_counter() - t
+                f"{len(training[settings.vectors[0]][0])} crops x {settings.views} views")
+            query_rows = np.flatnonzero(fold_of_item[benchmark.query_photo] == fold)
+            for vector in settings.vectors:
+                prefix = PREFIX[vector]
+                train_vectors, train_views = training[vector]
+                query_vectors, database_vectors = query_encoded.vectors(vector), database_encoded.vectors(vector)
+                _whitened_distances(settings, train_vectors, train_views, query_vectors[query_rows],
+                                    database_vectors, query_rows, len(benchmark.queries), distances_by_key,
+                                    skipped, prefix)
+                t = time.perf_counter()
+                for method in learned:
+                    for bits in settings.bits:
+                        key = f"{prefix}{method}-{bits}"
+                        try:
+                            weight, bias, _ = fit_hasher(method, train_vectors, train_views, bits, settings.seed,
+                                                         DeepBitSettings(epochs=settings.deepbit_epochs))
+                        except ConfigError as exc:  # e.g. ITQ with bits > dim: report, run the rest
+                            skipped[key] = str(exc)
+                            continue
+                        hasher = LinearHasher(weight, bias, method)
+                        fold_distances = hamming_distances(hasher(query_vectors[query_rows]),
+                                                           hasher(database_vectors))
+                        distances_by_key.setdefault(key, np.zeros((len(benchmark.queries), len(benchmark.database)),
+                                                                  np.float32))[query_rows] = fold_distances
+                seconds["train_hashes"] = seconds.get("train_hashes", 0.0) + time.perf_counter() - t
         for key, distances in distances_by_key.items():
             if key in skipped:
                 continue
-            if key.startswith("pca"):  # floats: cosine distances, 32 bits a value
+            if key.split("/")[-1].startswith("pca"):  # floats: cosine distances, 32 bits a value
                 results[key] = {"bits": 32 * int(key.rsplit("-", 1)[1]),
                                 **_score(distances, benchmark, 1.0 - settings.threshold, settings.seed)}
             else:
                 results[key] = {"bits": int(key.rsplit("-", 1)[1]),
                                 **_score(distances, benchmark, code_threshold, settings.seed)}
+
+    same_object = None
+    if settings.same_object:
+        t = time.perf_counter()
+        task = build_same_object(names, photos, located.boxes, located.scores, settings.same_object,
+                                 settings.same_object_pastes, settings.seed)
+        same_object = run_same_object(task, encoder, settings)
+        seconds["same_object"] = time.perf_counter() - t
+        log(f"same-object task: {len(task.sources)} objects x {settings.same_object_pastes} pastes "
+            f"into {len(task.backgrounds)} backgrounds")
     seconds["total"] = time.perf_counter() - started
-    return {
+    transforms = list(dict.fromkeys(benchmark.query_transforms))
+    report = {
         "benchmark": "neardup",
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.__dict__.items()},
         "models": dict(encoder.features.models),
         "counts": {"photos": len(photos), "database": len(benchmark.database),
-                   "distractors": len(benchmark.database) - len(photos), "queries": len(benchmark.queries),
-                   "transforms": list(dict.fromkeys(benchmark.query_transforms))},
+                   "distractors": len(benchmark.database) - len(photos) - len(extras),
+                   "queries": len(benchmark.queries),
+                   "transforms": transforms},
         "thresholds": {"float_cosine_distance": 1.0 - settings.threshold, "code_hamming_fraction": code_threshold,
                        "perceptual_hamming_fraction": PERCEPTUAL_THRESHOLD},
         "results": results,
@@ -284,6 +362,50 @@ def run_neardup(settings: EvalSettings, log: Callable[[str], None] = lambda mess
         "targets": check_targets(results),
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
+    if extras or variants:
+        report["counts"].update({"extra_originals": len(extras), "variants": len(variants)})
+    if same_object is not None:
+        report["same_object"] = same_object
+    # the larger evaluation's targets (issue 13 item 4): the whole-image vector is the
+    # default dedup representation; with detection off the "object" vector is the whole image
+    whole = "image/" if "image" in settings.vectors else ("" if settings.detector == "none" else None)
+    objects = "" if "object" in settings.vectors and settings.detector != "none" else None
+    report["targets"] += check_larger_targets(results, same_object, whole, objects)
+    return report
+
+
+def run_same_object(task: SameObject, encoder: PipelineEmbedder, settings: EvalSettings) -> dict[str, Any]:
+    """Score both vectors (floats and random-projection codes) on the same-object task: every
+    paste ranks all the other pastes; relevant are those of its object.
+
+    Returns:
+        counts, the objects' and backgrounds' photo names, and per method ("float",
+        "rproj-<bits>", "image/float", ...) top-1 and mAP.
+    """
+    from .models.hashing import RandomProjectionHasher
+
+    encoded = encoder.encode(task.images)
+    relevant = task.relevant
+    results: dict[str, dict[str, Any]] = {}
+
+    def score(key: str, distances: np.ndarray, bits: int) -> None:
+        distances = np.asarray(distances, np.float64)
+        np.fill_diagonal(distances, np.inf)  # a paste is not its own answer
+        order = rank_order(distances, settings.seed)
+        first = np.take_along_axis(relevant, order[:, :1], axis=1)[:, 0]
+        results[key] = {"bits": bits, "top1": float(first.mean()),
+                        "map": mean_average_precision(distances, relevant, settings.seed)}
+
+    for vector in VECTORS:  # both, always: the task compares them
+        vectors = encoded.vectors(vector)
+        score(f"{PREFIX[vector]}float", cosine_distances(vectors, vectors), 32 * encoder.dim)
+        if "rproj" in settings.methods:
+            for bits in settings.bits:
+                codes = RandomProjectionHasher(encoder.dim, bits, settings.seed)(vectors)
+                score(f"{PREFIX[vector]}rproj-{bits}", hamming_distances(codes, codes), bits)
+    return {"counts": {"objects": len(task.sources), "pastes": len(task.images),
+                       "backgrounds": len(task.backgrounds)},
+            "objects": task.sources, "backgrounds": task.backgrounds, "results": results}
 
 
 def check_targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -316,17 +438,67 @@ def check_targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return targets
 
 
+def check_larger_targets(results: dict[str, dict[str, Any]], same_object: dict[str, Any] | None,
+                         whole: str | None, objects: str | None) -> list[dict[str, Any]]:
+    """The larger evaluation's targets (issue 13 item 4), each with its numbers and whether it is met.
+
+    Args:
+        results: run_neardup's results.
+        same_object: run_same_object's report, or None.
+        whole: key prefix of the whole-image vector's results ("image/", or "" when detection is
+            off), None when not scored.
+        objects: key prefix of the object vector's results, None when not scored (or detection off).
+    """
+    targets: list[dict[str, Any]] = []
+    floats = results.get(f"{whole}float") if whole is not None else None
+    if floats:
+        for metric, goal in (("top1", 0.99), ("map", 0.995)):
+            targets.append({"target": f"whole-image float {metric} >= {goal}", "value": floats[metric],
+                            "versus": str(goal), "met": floats[metric] >= goal})
+        for method in CODE_METHODS:
+            code = results.get(f"{whole}{method}-256")
+            if code:
+                gap = floats["map"] - code["map"]
+                targets.append({"target": f"whole-image {method}-256 mAP within 0.01 of the float",
+                                "value": code["map"], "versus": f"float {floats['map']:.3f} (gap {gap:.3f})",
+                                "met": gap <= 0.01})
+        by_transform = floats["top1_by_transform"]
+        worst = min(by_transform, key=by_transform.get)
+        targets.append({"target": "whole-image float top-1 >= 0.95 on every transform", "value": by_transform[worst],
+                        "versus": f"worst: {worst}", "met": by_transform[worst] >= 0.95})
+    if objects is not None and f"{objects}float" in results:
+        top1 = results[f"{objects}float"]["top1"]
+        targets.append({"target": "object float top-1 >= 0.97", "value": top1, "versus": "0.97", "met": top1 >= 0.97})
+    if same_object:
+        task = same_object["results"]
+        for metric in ("top1", "map"):
+            targets.append({"target": f"same-object task: object float beats whole-image float on {metric}",
+                            "value": task["float"][metric], "versus": f"whole image {task['image/float'][metric]:.3f}",
+                            "met": task["float"][metric] > task["image/float"][metric]})
+    return targets
+
+
 def format_table(report: dict[str, Any]) -> str:
     """The results as a fixed-width text table, then the targets."""
-    header = f"{'method':<14}{'bits':>6}{'top-1':>8}{'mAP':>8}{'thr':>7}{'prec':>7}{'recall':>8}{'bestF1':>8}{'@thr':>7}"
+    header = (f"{'method':<20}{'bits':>6}{'top-1':>8}{'mAP':>8}{'thr':>7}{'prec':>7}{'recall':>8}{'bestF1':>8}"
+              f"{'@thr':>7}")
     lines = [header, "-" * len(header)]
     for name, result in report["results"].items():
         lines.append(
-            f"{name:<14}{result['bits']:>6}{result['top1']:>8.3f}{result['map']:>8.3f}"
+            f"{name:<20}{result['bits']:>6}{result['top1']:>8.3f}{result['map']:>8.3f}"
             f"{result['threshold']:>7.3f}{result['at_threshold_precision']:>7.3f}"
-            f"{result['at_threshold_recall']:>8.3f}{result['best_f1']['f1']:>8.3f}{result['best_f1']['threshold']:>7.3f}")
+            f"{result['at_threshold_recall']:>8.3f}{result['best_f1']['f1']:>8.3f}"
+            f"{result['best_f1']['threshold']:>7.3f}")
     for key, why in report.get("skipped", {}).items():
-        lines.append(f"{key:<14} skipped: {why}")
+        lines.append(f"{key:<20} skipped: {why}")
+    if "same_object" in report:
+        task = report["same_object"]
+        lines += ["", f"same-object task ({task['counts']['objects']} objects x "
+                      f"{task['counts']['pastes'] // task['counts']['objects']} pastes, "
+                      f"{task['counts']['backgrounds']} backgrounds)",
+                  f"{'method':<20}{'bits':>6}{'top-1':>8}{'mAP':>8}"]
+        for name, result in task["results"].items():
+            lines.append(f"{name:<20}{result['bits']:>6}{result['top1']:>8.3f}{result['map']:>8.3f}")
     lines.append("")
     for target in report.get("targets", []):
         value = target["value"] if isinstance(target["value"], str) else f"{target['value']:.3f}"

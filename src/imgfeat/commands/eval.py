@@ -14,11 +14,18 @@ a chain of those; the database is the photos plus random crops of them as distra
 Reports top-1, mAP and precision/recall at the dedup threshold for the float embeddings,
 every binary code (rproj, itq, deepbit at each --bits) and imagehash's 64-bit pHash,
 dHash, wHash, aHash. Learned codes are trained in folds on crops of the other photos.
+--vectors object,image scores the main object's vector and the whole image's side by side.
+A variants/ folder inside --photos adds natural variants: variants/STEM@LABEL.jpg is another
+rendition of the picture STEM (a photo, or variants/STEM.jpg, an extra database original).
+--same-object N adds a task: N photos' main objects pasted into other photos; a paste must find
+the other pastes of its object, not the other objects pasted into the same backgrounds.
+scripts/fetch_eval_photos.sh downloads 61 photos and 9 variants for a larger run.
 
 examples:
   imgfeat eval neardup
   imgfeat eval neardup --photos my_photos/ --json-out results.json
   imgfeat eval neardup --no-detect --bits 64,256
+  imgfeat eval neardup --photos eval_photos/ --vectors object,image --same-object 12
 """
 
 
@@ -68,6 +75,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "fitted per fold on the other photos (e.g. 512,256,128)")
     p.add_argument("--whiten-power", type=float, default=d.whiten_power,
                    help=f"whitening variance exponent (default {d.whiten_power})")
+    p.add_argument("--vectors", type=_names, default=d.vectors,
+                   help="which vectors to score, comma-separated: object (embedding), image (image_embedding) "
+                        f"(default {','.join(d.vectors)}); image/ prefixes the whole image's result keys")
+    p.add_argument("--same-object", type=int, default=d.same_object, metavar="N",
+                   help="add the same-object task with N objects (default 0: off)")
+    p.add_argument("--same-object-pastes", type=int, default=d.same_object_pastes,
+                   help=f"backgrounds each object is pasted into (default {d.same_object_pastes})")
     p.add_argument("--json-out", help="also write the full results as JSON to this file")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.set_defaults(handler=_eval)
@@ -83,7 +97,8 @@ def _eval(args: argparse.Namespace) -> int:
         bits=args.bits, methods=args.methods, perceptual=args.perceptual,
         distractors_per_photo=args.distractors, folds=args.folds, train_crops=args.train_crops,
         views=args.views, threshold=args.threshold, seed=args.seed, deepbit_epochs=args.epochs,
-        scales=args.embed_scales, flip=args.embed_flip, whiten_dims=args.whiten, whiten_power=args.whiten_power)
+        scales=args.embed_scales, flip=args.embed_flip, whiten_dims=args.whiten, whiten_power=args.whiten_power,
+        vectors=args.vectors, same_object=args.same_object, same_object_pastes=args.same_object_pastes)
     report = run_neardup(settings, log=lambda line: print(line, file=sys.stderr))
     if args.json_out:
         atomic_write(args.json_out, json.dumps(report, indent=2).encode("utf-8"))
