@@ -9,6 +9,7 @@ one task per part joins each bucket's vectors exactly and returns its pairs. The
 to the driver (16 bytes each, plus the unique pass: 100M pairs ~ 3 GiB of driver memory is the
 limit of this design) and their connected components are found there as in the local dedup;
 one task per file holding group members reads their metadata and vectors for the output.
+With using="code" the rows are packed binary codes compared by Hamming distance (buckets.py).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ diameter is small; checkpointed each round), or, while the pairs fit (components
 DRIVER_PAIRS_LIMIT), from scipy on the driver as in the local dedup: each Spark round costs
 seconds of job overhead, 20M pairs collected cost ~0.3 GiB. Then only the component of each group
 member reaches the driver, and the members' metadata and vectors (the output frame itself).
+With using="code" the rows carry packed binary codes compared by Hamming distance (buckets.py).
 """
 
 from __future__ import annotations
