@@ -163,7 +163,8 @@ def test_pairs_cross_the_buckets_the_engines_use(features, bits, local):
     """With 30 buckets some planted pairs are stored apart: the probes must bring them together."""
     plan = plan_buckets(open_features(features), "code", 0.85, nlist=30, probes=1, max_hamming=MAX_HAMMING)
     rows = [bucket_rows(plan, read_vectors(plan, number)) for number in range(len(plan.files))]
-    bucket = dict(zip(np.concatenate([r["id"] for r in rows]).tolist(), np.concatenate([r["bucket"] for r in rows]).tolist()))
+    ids, buckets = (np.concatenate([r[name] for r in rows]).tolist() for name in ("id", "bucket"))
+    bucket = dict(zip(ids, buckets))
     split = sum(len({bucket[i] for i in members}) > 1 for members in _groups(local))
     assert split > 10
 
