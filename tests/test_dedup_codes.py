@@ -117,8 +117,13 @@ def test_local_code_groups_are_the_exact_hamming_components(features, bits, loca
     assert local.loc[local["is_representative"], "score"].eq(1.0).all()
     # a binary IVF index finds the same planted groups (near-duplicates share a cell)
     assert _groups(find_duplicates(features, using="code", max_hamming=MAX_HAMMING, kind="ivf")) == expected
+    # multi-index hashing (5 parts of 12 bits at radius 4) is exact too
+    mih = find_duplicates(features, using="code", max_hamming=MAX_HAMMING, kind="mih")
+    assert mih.attrs["stats"]["kind"] == "mih"
+    pd.testing.assert_frame_equal(mih, local)
     # other radii: still the exact components
     assert _groups(find_duplicates(features, using="code", max_hamming=1)) == brute_force_groups(bits, 1)
+    assert _groups(find_duplicates(features, using="code", max_hamming=9, kind="mih")) == brute_force_groups(bits, 9)
 
 
 def test_default_radius_is_the_evaluators_match_of_the_threshold(features):

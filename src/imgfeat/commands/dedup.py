@@ -40,9 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="each group's representative: the most pixels (default) or the first indexed")
     p.add_argument("--reviews", metavar="FILE",
                    help="reviews JSON Lines file (default: reviews.jsonl beside the output)")
-    p.add_argument("--kind", default="auto", choices=("auto", "flat", "hnsw", "ivf", "ivfpq"),
+    p.add_argument("--kind", default="auto", choices=("auto", "flat", "hnsw", "ivf", "ivfpq", "mih"),
                    help="index built for the search when SOURCE is features (default auto: flat below "
-                        "100k vectors, else ivf)")
+                        "100k vectors, else ivf; --using code: flat, mih (exact multi-index hashing) or ivf)")
     p.add_argument("--vector", choices=("auto", "image", "object"), default="auto",
                    help="compare whole images (copies: the default where the features hold them) or "
                         "the main objects (the same product in other photos)")
@@ -79,6 +79,8 @@ def _dedup(args: argparse.Namespace) -> int:
         if args.kind != "auto":
             raise ConfigError("--kind is for the local engine (spark and ray use --buckets and --probes)")
         options = {"nlist": args.buckets, "probes": args.probes or 8}
+    if args.kind == "mih" and args.using != "code":
+        raise ConfigError("--kind mih (multi-index hashing) is for --using code")
     if args.max_hamming is not None and args.using != "code":
         raise ConfigError("--max-hamming is for --using code (embeddings use --threshold)")
     if args.using == "code":

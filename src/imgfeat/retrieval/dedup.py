@@ -13,8 +13,10 @@ chunk of results; nothing is all-pairs.
 
 With using="code" the packed binary codes are compared instead: pairs at most `max_hamming`
 bits apart (default: the cosine threshold's match, acos(T) / pi of the bits, as the evaluator),
-range-searched exactly with a FAISS binary flat index below 100 000 codes (binary IVF above,
-nprobe 8); the groups, representatives and frame are built as on Spark and Ray (buckets.py), a
+range-searched exactly with a FAISS binary flat index below 100 000 codes; above it exactly
+with multi-index hashing (IndexBinaryMultiHash: max_hamming + 1 parts of the code, a pair within
+max_hamming bits agrees on one whole part) where the parts keep 16 bits or more, else with a
+binary IVF index (nprobe 8: not exact, as the float path's IVF); the groups, representatives and frame are built as on Spark and Ray (buckets.py), a
 member's score being 1 - h / bits to its representative (as `search --using code`).
 
 Reviews (reviews.py) live in a JSON Lines file beside the groups by default; pairs inside a
@@ -40,7 +42,10 @@ from .reviews import default_reviews_path, load_reviews, not_duplicate_sets  # n
 
 REPRESENTATIVES = ("largest", "first")
 USING = ("embedding", "code")  # float vectors by cosine, binary codes by Hamming distance
-CODE_KINDS = ("auto", "flat", "ivf")  # binary indexes of using="code" (auto: flat below FLAT_MAX_VECTORS)
+# binary indexes of using="code"; auto: flat below FLAT_MAX_VECTORS, else mih where its parts hold
+# at least MIH_MIN_PART_BITS bits (tables of 2^16+ values: few false candidates), else ivf
+CODE_KINDS = ("auto", "flat", "mih", "ivf")
+MIH_MIN_PART_BITS = 16
 DEDUP_NPROBE = 8  # near-duplicates share a cell or a neighbouring one: few lists suffice
 GROUP_COLUMNS = ("group", "id", "path", "is_representative", "score", "size", "width", "height",
                  "box", "label")
@@ -293,8 +298,9 @@ def find_code_duplicates(source: Any, threshold: float = DEFAULT_THRESHOLD, *, r
     """find_duplicates(using="code"): groups of codes at most max_hamming bits apart.
 
     All codes are read into memory (bits / 8 bytes each, plus the ids), indexed in a FAISS
-    binary index (flat: exact; ivf: nlist sqrt(n), nprobe visited lists) and range-searched
-    chunk by chunk; each code keeps its `max_neighbors` nearest.
+    binary index (flat: exact; mih: multi-index hashing with max_hamming + 1 tables of
+    bits // (max_hamming + 1) bits, exact; ivf: nlist sqrt(n), nprobe visited lists) and
+    range-searched chunk by chunk; each code keeps its `max_neighbors` nearest.
 
     Raises:
         ConfigError: as find_duplicates, an index as source, an unknown kind, or no codes.
@@ -317,9 +323,16 @@ def find_code_duplicates(source: Any, threshold: float = DEFAULT_THRESHOLD, *, r
     del parts
     faiss = faiss_module()
     n, radius = len(codes), plan.max_hamming
-    kind = ("flat" if n < FLAT_MAX_VECTORS else "ivf") if kind == "auto" else kind
-    if kind == "flat":
-        index = faiss.IndexBinaryFlat(plan.bits)
+    part_bits = plan.bits // (radius + 1)
+    if kind == "auto":
+        kind = "flat" if n < FLAT_MAX_VECTORS else "mih" if part_bits >= MIH_MIN_PART_BITS else "ivf"
+    if kind == "flat" or (kind == "mih" and not part_bits):  # a radius of every bit: all pairs
+        kind, index = "flat", faiss.IndexBinaryFlat(plan.bits)
+    elif kind == "mih":
+        # pigeonhole: radius + 1 disjoint parts, a pair at most radius bits apart differs in at
+        # most radius of them, so it agrees exactly on one: looked up with no bit flips
+        index = faiss.IndexBinaryMultiHash(plan.bits, radius + 1, part_bits)
+        index.nflip = 0
     else:
         quantizer = faiss.IndexBinaryFlat(plan.bits)
         nlist = default_nlist(n)
