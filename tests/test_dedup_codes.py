@@ -164,6 +164,25 @@ def test_bucket_join_of_codes_is_exact_inside_the_buckets(features, bits):
     assert pairs == set(zip(keys[a].tolist(), keys[b].tolist()))
 
 
+def test_multi_index_hashing_buckets_hold_every_pair(features, bits):
+    """Radius 2 of 64 bits: 3 parts of 21 bits; each pair within 2 bits shares a bucket."""
+    plan = plan_buckets(open_features(features), "code", 0.85, max_hamming=2)
+    assert (plan.mih_parts, plan.part_bits, plan.probes, len(plan.centroids)) == (3, 21, 3, 0)
+    rows = [bucket_rows(plan, read_vectors(plan, number)) for number in range(len(plan.files))]
+    merged = {name: np.concatenate([r[name] for r in rows]) for name in rows[0]}
+    assert len(merged["key"]) == 3 * N and merged["stored"].all()
+    pairs = set()
+    for bucket in np.unique(merged["bucket"]):
+        here = merged["bucket"] == bucket
+        lo, hi, _, _ = join_bucket(plan, merged["key"][here], merged["id"][here], merged["vector"][here],
+                                   merged["stored"][here])
+        pairs |= set(zip(lo.tolist(), hi.tolist()))
+    keys = np.concatenate([read_vectors(plan, n)["key"] for n in range(len(plan.files))])
+    signs = bits.astype(np.int32) * 2 - 1
+    a, b = np.nonzero(np.triu((BITS - signs @ signs.T) // 2 <= 2, k=1))
+    assert len(a) > 100 and pairs == set(zip(keys[a].tolist(), keys[b].tolist()))
+
+
 def test_pairs_cross_the_buckets_the_engines_use(features, bits, local):
     """With 30 buckets some planted pairs are stored apart: the probes must bring them together."""
     plan = plan_buckets(open_features(features), "code", 0.85, nlist=30, probes=1, max_hamming=MAX_HAMMING)
@@ -182,6 +201,10 @@ def test_ray_gives_the_local_code_groups_and_respects_reviews(features, local, r
     _same_frame(groups, local)
     stats = groups.attrs["stats"]
     assert (stats["engine"], stats["using"], stats["max_hamming"], stats["vectors"]) == ("ray", "code", MAX_HAMMING, N)
+    # radius 2 of 64 bits: 3 parts of 21 bits, bucketed by multi-index hashing (exact)
+    mih = find_duplicates_ray(features, using="code", max_hamming=2, partitions=3)
+    assert mih.attrs["stats"]["kind"] == "mih-buckets"
+    _same_frame(mih, find_duplicates(features, using="code", max_hamming=2))
 
     pair = local[local["size"] == 2]["id"].iloc[:2].tolist()  # one group of two: the review splits it
     reviews = tmp_path / "reviews.jsonl"
@@ -217,6 +240,9 @@ def test_spark_gives_the_local_code_groups(features, local, spark_session):
     groups = find_duplicates_spark(features, using="code", max_hamming=MAX_HAMMING, nlist=30, probes=6)
     _same_frame(groups, local)
     assert groups.attrs["stats"]["engine"] == "spark" and groups.attrs["stats"]["using"] == "code"
+    mih = find_duplicates_spark(features, using="code", max_hamming=2)
+    assert mih.attrs["stats"]["kind"] == "mih-buckets"
+    _same_frame(mih, find_duplicates(features, using="code", max_hamming=2))
 
 
 def test_cli_dedup_using_code(features, local, tmp_path, capsys):

@@ -22,10 +22,13 @@ Binary codes (metric "hamming", `dedup --using code`): a sign code of B bits rea
 serve, trained on the +-1 vectors, and the join inside a bucket is an integer dot product of +-1
 vectors (exact in float32: |dot| <= B < 2^24): h <= max_hamming <=> dot >= B - 2 max_hamming.
 The rows carry the packed codes (B / 8 bytes, not 4 B of floats) through the shuffle.
-Multi-index hashing (split the code into m parts; a pair within r agrees within floor(r / m) on
-one part) is exact but needs sum_{i<=floor(r/m)} C(B/m, i) probes per part: at the default
-r = 45 of 256 bits that is 137 probes in each of 16 parts of 16 bits, or parts of 5 bits (32
-values: every bucket ~n/32 rows) for no flips; the k-means buckets are cheaper at that radius.
+Small radii use multi-index hashing instead, which is exact: the code is cut into r + 1 parts
+(r = max_hamming); a pair at most r bits apart differs in at most r parts, so it agrees on one
+whole part, and every code goes to the r + 1 buckets (part number, part value), stored and
+probing in each. It is chosen (nlist None) when the parts keep MIH_MIN_PART_BITS bits or more
+(r <= 7 of 128 bits, 15 of 256); at the default r = 45 of 256 bits the parts would have 5 bits
+(32 values: every bucket ~n/32 codes), or, with fewer parts, 137+ probes each; there the k-means
+buckets serve (as IVF: not exact, `probes` trades work for recall).
 
 Engines (dedup_spark.py, dedup_ray.py) move the rows between these functions; the groups are
 the connected components of the pairs, described by dedup.describe_groups.
@@ -52,6 +55,10 @@ KEY_FILE_SHIFT = 32  # key = file number << 32 | row in file: sorts like the loc
 JOIN_CHUNK_VALUES = 1 << 24  # probing rows x stored rows scored at a time (64 MiB of float32)
 SAMPLE_PER_BUCKET = 64  # training vectors per centroid (faiss warns below 39)
 METRICS = ("cosine", "hamming")  # float vectors, binary codes
+# codes are bucketed by multi-index hashing when max_hamming + 1 parts keep this many bits each
+# (2^16+ values a table: few false candidates), else by k-means on their +-1 vectors
+MIH_MIN_PART_BITS = 16
+MIH_KEY_BITS = 48  # a bucket id: part number << 48 | the part's first (up to) 48 bits
 
 
 @dataclass(frozen=True)
@@ -86,10 +93,18 @@ class BucketPlan:
     rows: int = 0
     metric: str = "cosine"
     max_hamming: int = 0
+    mih_parts: int = 0  # > 0: codes bucketed by multi-index hashing into this many parts
 
     @property
     def nlist(self) -> int:
+        """Buckets: centroids, or the (part, value) buckets multi-index hashing can fill."""
+        if self.mih_parts:
+            return self.mih_parts << min(self.part_bits, 30)
         return len(self.centroids)
+
+    @property
+    def part_bits(self) -> int:
+        return self.bits // self.mih_parts if self.mih_parts else 0
 
     @property
     def codes(self) -> bool:
@@ -212,6 +227,9 @@ def plan_buckets(dataset: FeatureDataset, column: str, threshold: float, *, nlis
     for path in dataset.files:  # the footers only
         with dataset.fs.open(path, "rb") as fh:
             rows += pq.ParquetFile(fh).metadata.num_rows
+    mih_parts = 0
+    if codes and nlist is None and dataset.code_bytes * 8 // (max_hamming + 1) >= MIH_MIN_PART_BITS:
+        mih_parts, nlist = max_hamming + 1, 0  # exact buckets, nothing to train
     nlist = default_nlist(rows) if nlist is None else nlist
     sample = training_sample(dataset, column, max(nlist, 1) * SAMPLE_PER_BUCKET, seed, codes)
     if not len(sample):
@@ -222,9 +240,9 @@ def plan_buckets(dataset: FeatureDataset, column: str, threshold: float, *, nlis
             reviewed.setdefault(item, set()).add(number)
     centroids = train_centroids(sample, nlist, seed) if nlist else np.zeros((0, sample.shape[1]), np.float32)
     return BucketPlan(dataset.fs, tuple(dataset.files), column, dataset.code_bytes if codes else dataset.dim,
-                      centroids, max(1, min(probes, len(centroids))), threshold, max_neighbors,
+                      centroids, mih_parts or max(1, min(probes, len(centroids))), threshold, max_neighbors,
                       {k: frozenset(v) for k, v in reviewed.items()}, vector, rows,
-                      "hamming" if codes else "cosine", int(max_hamming or 0))
+                      "hamming" if codes else "cosine", int(max_hamming or 0), mih_parts)
 
 
 # --- in the workers -------------------------------------------------------------------------
@@ -274,6 +292,11 @@ def bucket_rows(plan: BucketPlan, rows: dict[str, np.ndarray]) -> dict[str, np.n
     vectors = rows["vector"]
     if not len(vectors):
         return {"bucket": np.zeros(0, np.int64), "stored": np.zeros(0, bool), **rows}
+    if plan.mih_parts:  # every part's bucket, stored and probing in each
+        count = plan.mih_parts
+        repeat = np.repeat(np.arange(len(vectors)), count)
+        return {"bucket": part_buckets(plan, vectors).reshape(-1), "stored": np.ones(len(repeat), bool),
+                "key": rows["key"][repeat], "id": rows["id"][repeat], "vector": vectors[repeat]}
     scores = plan.as_float(vectors) @ plan.centroids.T
     if plan.probes >= plan.nlist:
         nearest = np.argsort(-scores, axis=1)
@@ -286,6 +309,16 @@ def bucket_rows(plan: BucketPlan, rows: dict[str, np.ndarray]) -> dict[str, np.n
     return {"bucket": nearest.reshape(-1).astype(np.int64),
             "stored": np.tile(np.arange(count) == 0, len(vectors)),
             "key": rows["key"][repeat], "id": rows["id"][repeat], "vector": vectors[repeat]}
+
+
+def part_buckets(plan: BucketPlan, codes: np.ndarray) -> np.ndarray:
+    """(n, parts) bucket ids of packed codes under multi-index hashing: part number << 48 | the
+    part's first (up to) 48 bits (two codes agreeing on a whole part share its bucket)."""
+    width = min(plan.part_bits, MIH_KEY_BITS)
+    bits = np.unpackbits(codes, axis=1)[:, :plan.mih_parts * plan.part_bits]
+    bits = bits.reshape(len(codes), plan.mih_parts, plan.part_bits)[:, :, :width].astype(np.int64)
+    values = bits @ (np.int64(1) << np.arange(width - 1, -1, -1, dtype=np.int64))
+    return (np.arange(plan.mih_parts, dtype=np.int64) << MIH_KEY_BITS) | values
 
 
 def join_bucket(plan: BucketPlan, keys: np.ndarray, ids: np.ndarray, vectors: np.ndarray,
@@ -433,7 +466,8 @@ def stats_of(frame: Any, plan: BucketPlan, engine: str, vectors: int, pairs: int
     """The run's figures, with the local dedup's keys (frame.attrs["stats"])."""
     return {
         "engine": engine, "vectors": vectors, "vector": plan.vector,
-        "kind": "buckets", "buckets": plan.nlist, "probes": plan.probes, "threshold": plan.threshold,
+        "kind": "mih-buckets" if plan.mih_parts else "buckets", "buckets": plan.nlist, "probes": plan.probes,
+        "threshold": plan.threshold,
         **using_stats(plan), "pairs": pairs, "pairs_dropped_by_reviews": dropped,
         "groups": int(frame["group"].nunique()) if len(frame) else 0, "images_in_groups": int(len(frame)),
         **{f"seconds_{name}": round(value, 3) for name, value in seconds.items()},

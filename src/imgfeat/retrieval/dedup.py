@@ -45,7 +45,6 @@ USING = ("embedding", "code")  # float vectors by cosine, binary codes by Hammin
 # binary indexes of using="code"; auto: flat below FLAT_MAX_VECTORS, else mih where its parts hold
 # at least MIH_MIN_PART_BITS bits (tables of 2^16+ values: few false candidates), else ivf
 CODE_KINDS = ("auto", "flat", "mih", "ivf")
-MIH_MIN_PART_BITS = 16
 DEDUP_NPROBE = 8  # near-duplicates share a cell or a neighbouring one: few lists suffice
 GROUP_COLUMNS = ("group", "id", "path", "is_representative", "score", "size", "width", "height",
                  "box", "label")
@@ -307,6 +306,7 @@ def find_code_duplicates(source: Any, threshold: float = DEFAULT_THRESHOLD, *, r
     """
     from .buckets import (components_of_pairs, default_nlist, file_numbers, groups_frame, prepare, read_members,
                           read_vectors, reviewed_pairs, using_stats)
+    from .buckets import MIH_MIN_PART_BITS
     from .faiss_kinds import faiss_module
 
     if isinstance(source, FeatureIndex):
