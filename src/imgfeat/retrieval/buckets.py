@@ -151,6 +151,13 @@ def hamming_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (1.0 - differing / (a.shape[1] * 8)).astype(np.float32)
 
 
+def differing_bits(xor: np.ndarray) -> np.ndarray:
+    """Set bits of each row of a uint8 (n, bytes) array (np.bitwise_count from numpy 2)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(xor).sum(axis=1, dtype=np.int64)
+    return np.unpackbits(xor, axis=1).sum(axis=1, dtype=np.int64)
+
+
 def max_hamming_for(threshold: float, bits: int) -> int:
     """Differing bits matching a cosine threshold, as the evaluator's code threshold: for sign
     codes of random planes the expected fraction of differing bits is angle / pi, so a pair is
@@ -376,15 +383,59 @@ def join_buckets(plan: BucketPlan, rows: dict[str, np.ndarray]) -> tuple[np.ndar
     order = np.argsort(rows["bucket"], kind="stable")
     rows = {name: values[order] for name, values in rows.items()}
     _, starts = np.unique(rows["bucket"], return_index=True)
-    bounds = list(starts) + [len(rows["bucket"])]
+    bounds = np.append(starts, len(rows["bucket"])).astype(np.int64)
     found_lo, found_hi, dropped = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], 0
-    for start, stop in zip(bounds[:-1], bounds[1:]):
+    if plan.mih_parts:
+        # millions of buckets, nearly all of one or a few codes: those are joined at once
+        sizes = np.diff(bounds)
+        small = (sizes >= 2) & (sizes <= SMALL_BUCKET) & ((sizes - 1 <= plan.max_neighbors) | (plan.max_neighbors == 0))
+        lo, hi, reviewed = _join_small_buckets(plan, rows, bounds[:-1][small], sizes[small])
+        found_lo.append(lo)
+        found_hi.append(hi)
+        dropped += reviewed
+        large = np.flatnonzero(sizes > SMALL_BUCKET) if plan.max_neighbors == 0 else np.flatnonzero(
+            (sizes > SMALL_BUCKET) | ((sizes >= 2) & (sizes - 1 > plan.max_neighbors)))
+        spans = zip(bounds[large], bounds[large + 1])
+        stored = int(np.count_nonzero((rows["bucket"] >> MIH_KEY_BITS) == 0))  # each code once: part 0
+    else:
+        spans = zip(bounds[:-1], bounds[1:])
+        stored = int(np.count_nonzero(rows["stored"]))
+    for start, stop in spans:
         lo, hi, _, reviewed = join_bucket(plan, rows["key"][start:stop], rows["id"][start:stop],
                                           rows["vector"][start:stop], rows["stored"][start:stop])
         found_lo.append(lo)
         found_hi.append(hi)
         dropped += reviewed
-    return np.concatenate(found_lo), np.concatenate(found_hi), dropped, int(np.count_nonzero(rows["stored"]))
+    return np.concatenate(found_lo), np.concatenate(found_hi), dropped, stored
+
+
+SMALL_BUCKET = 32  # multi-index-hashing buckets up to this size are joined together, vectorised
+
+
+def _join_small_buckets(plan: BucketPlan, rows: dict[str, np.ndarray], starts: np.ndarray,
+                        sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """All pairs inside many small buckets (rows sorted by bucket; every row stored), by the
+    Hamming distance of their packed codes: (lo keys, hi keys, pairs dropped by reviews)."""
+    first, second = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for size in np.unique(sizes).tolist():
+        at = starts[sizes == size]
+        a, b = np.triu_indices(size, k=1)
+        first.append((at[:, None] + a[None, :]).reshape(-1))
+        second.append((at[:, None] + b[None, :]).reshape(-1))
+    first, second = np.concatenate(first), np.concatenate(second)
+    codes = rows["vector"]
+    distance = np.zeros(len(first), np.int64)
+    for start in range(0, len(first), 1 << 20):  # a million pairs' XOR at a time
+        part = slice(start, start + (1 << 20))
+        distance[part] = differing_bits(codes[first[part]] ^ codes[second[part]])
+    keep = distance <= plan.max_hamming
+    one, two = rows["key"][first[keep]], rows["key"][second[keep]]
+    lo, hi = np.minimum(one, two), np.maximum(one, two)
+    if len(lo):
+        pairs = np.unique(np.stack([lo, hi], axis=1), axis=0)
+        lo, hi = pairs[:, 0], pairs[:, 1]
+    reviewed = reviewed_pairs(plan, lo, hi, rows["key"], rows["id"])
+    return lo[~reviewed], hi[~reviewed], int(reviewed.sum())
 
 
 def components_of_pairs(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
