@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/dedup_distributed.py                       # 200k x 128-d, all three
     .venv/bin/python benchmarks/dedup_distributed.py --n 1000000 --engines local,ray
+    .venv/bin/python benchmarks/dedup_distributed.py --n 1000000 --using embedding,code   # both, one run
 
 1. Writes a synthetic feature dataset (Parquet shards + manifest, as `imgfeat extract`):
    clustered unit vectors (cluster mates stay below the threshold) and planted near-duplicates
@@ -11,6 +12,8 @@
    children (Spark's JVM and Python workers, Ray's raylet and workers) every 50 ms.
 3. Prints seconds, vectors per second per core, peak memory, and whether the groups equal the
    local ones (same member sets), then writes benchmarks/results/dedup_distributed.json.
+   --using code groups the rows' 128-bit sign codes instead (`dedup --using code`, Hamming
+   distance <= the threshold's match floor(bits * acos(T) / pi): 12 of 128 bits at 0.95).
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def write_synthetic(folder: Path, n: int, dim: int, shard_rows: int, seed: int =
     return planted
 
 
-def run_one(engine: str, features: str, threshold: float, cores: int, out: str) -> None:
+def run_one(engine: str, features: str, threshold: float, cores: int, out: str, using: str) -> None:
     """In the child process: group with one engine, write the groups and the stats."""
     if engine == "spark":
         from imgfeat.runners.spark import spark_session
@@ -70,7 +73,7 @@ def run_one(engine: str, features: str, threshold: float, cores: int, out: str) 
     from imgfeat.retrieval.dedup import dedup_engine
 
     started = time.perf_counter()
-    groups = dedup_engine(engine)(features, threshold)
+    groups = dedup_engine(engine)(features, threshold, using=using)
     seconds = time.perf_counter() - started
     groups[["group", "id"]].to_parquet(out + ".parquet")
     Path(out + ".json").write_text(json.dumps({**groups.attrs["stats"], "seconds": seconds}))
@@ -86,10 +89,11 @@ def tree_rss(process: psutil.Process) -> int:
     return total
 
 
-def measure(engine: str, features: Path, threshold: float, cores: int, work: Path) -> dict:
-    out = str(work / engine)
+def measure(engine: str, features: Path, threshold: float, cores: int, work: Path, using: str) -> dict:
+    out = str(work / f"{using}-{engine}")
     child = subprocess.Popen([sys.executable, __file__, "--run-one", engine, "--features", str(features),
-                              "--threshold", str(threshold), "--cores", str(cores), "--out", out],
+                              "--threshold", str(threshold), "--cores", str(cores), "--out", out,
+                              "--using", using],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     process, peak = psutil.Process(child.pid), 0
     while child.poll() is None:
@@ -115,6 +119,8 @@ def main() -> int:
     parser.add_argument("--shard-rows", type=int, default=20_000)
     parser.add_argument("--threshold", type=float, default=0.95)
     parser.add_argument("--engines", default="local,spark,ray")
+    parser.add_argument("--using", default="embedding",
+                        help="what is compared: embedding (cosine), code (Hamming), or both: embedding,code")
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores given to Spark and Ray")
     parser.add_argument("--workdir", default="/tmp/imgfeat-dedup-distributed")
     parser.add_argument("--json-out", default=str(Path(__file__).parent / "results" / "dedup_distributed.json"))
@@ -123,7 +129,7 @@ def main() -> int:
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_one:
-        run_one(args.run_one, args.features, args.threshold, args.cores, args.out)
+        run_one(args.run_one, args.features, args.threshold, args.cores, args.out, args.using)
         return 0
 
     work = Path(args.workdir)
@@ -137,34 +143,36 @@ def main() -> int:
                     "note": "a shared machine: other jobs ran at the same time"},
         "data": {"n": args.n, "dim": args.dim, "files": len(list(features.glob("*.parquet"))),
                  "planted_copies": planted, "write_seconds": round(time.perf_counter() - started, 1)},
-        "command": " ".join([Path(sys.executable).name, *sys.argv]), "cores": args.cores, "engines": {},
+        "command": " ".join([Path(sys.executable).name, *sys.argv]), "cores": args.cores, "runs": {},
     }
     print(f"wrote {args.n} x {args.dim}-d ({planted} planted copies) in {results['data']['write_seconds']} s",
           flush=True)
     engines = args.engines.split(",")
-    for engine in engines:
-        row = measure(engine, features, args.threshold, args.cores, work)
-        row["vectors_per_second_per_core"] = round(row["vectors"] / row["seconds"] / args.cores, 1)
-        results["engines"][engine] = row
-        print(f"{engine}: {row['seconds']:.1f} s, {row['groups']} groups, peak {row['peak_rss_gib']} GiB", flush=True)
-    if "local" in engines:
-        reference = groups_of(work / "local.parquet")
+    for using in args.using.split(","):
+        runs = results["runs"][using] = {}
         for engine in engines:
-            found = groups_of(work / f"{engine}.parquet")
-            results["engines"][engine]["same_groups_as_local"] = found == reference
-            results["engines"][engine]["groups_differing"] = len(found ^ reference)
-        base = results["engines"]["local"]["seconds"]
-        for engine in engines:
-            results["engines"][engine]["speed_vs_local"] = round(base / results["engines"][engine]["seconds"], 2)
+            row = measure(engine, features, args.threshold, args.cores, work, using)
+            row["vectors_per_second_per_core"] = round(row["vectors"] / row["seconds"] / args.cores, 1)
+            runs[engine] = row
+            print(f"{using} {engine}: {row['seconds']:.1f} s, {row['groups']} groups, peak {row['peak_rss_gib']} GiB",
+                  flush=True)
+        if "local" in engines:
+            reference = groups_of(work / f"{using}-local.parquet")
+            for engine in engines:
+                found = groups_of(work / f"{using}-{engine}.parquet")
+                runs[engine]["same_groups_as_local"] = found == reference
+                runs[engine]["groups_differing"] = len(found ^ reference)
+                runs[engine]["speed_vs_local"] = round(runs["local"]["seconds"] / runs[engine]["seconds"], 2)
 
     print(f"\n{args.n} x {args.dim}-d, threshold {args.threshold}, {args.cores} cores for spark/ray "
           f"(load average at start {results['machine']['load_average_at_start'][0]:.1f})")
-    print(f"{'engine':8} {'seconds':>8} {'vec/s/core':>11} {'peak GiB':>9} {'pairs':>8} {'groups':>7} "
+    print(f"{'using':10} {'engine':8} {'seconds':>8} {'vec/s/core':>11} {'peak GiB':>9} {'pairs':>8} {'groups':>7} "
           f"{'same as local':>14} {'x local':>8}")
-    for engine, row in results["engines"].items():
-        print(f"{engine:8} {row['seconds']:8.1f} {row['vectors_per_second_per_core']:11.0f} {row['peak_rss_gib']:9.2f} "
-              f"{row['pairs']:8d} {row['groups']:7d} {str(row.get('same_groups_as_local', '-')):>14} "
-              f"{row.get('speed_vs_local', '-'):>8}")
+    for using, runs in results["runs"].items():
+        for engine, row in runs.items():
+            print(f"{using:10} {engine:8} {row['seconds']:8.1f} {row['vectors_per_second_per_core']:11.0f} "
+                  f"{row['peak_rss_gib']:9.2f} {row['pairs']:8d} {row['groups']:7d} "
+                  f"{str(row.get('same_groups_as_local', '-')):>14} {row.get('speed_vs_local', '-'):>8}")
     Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json_out).write_text(json.dumps(results, indent=2))
     print(f"\nwrote {args.json_out}")

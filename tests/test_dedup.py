@@ -15,7 +15,8 @@ pytest.importorskip("faiss")
 
 import imgfeat  # noqa: E402
 from imgfeat.cli import main  # noqa: E402
-from imgfeat.retrieval.dedup import _components, _union_find, find_duplicates  # noqa: E402
+from imgfeat.dataset import open_features  # noqa: E402
+from imgfeat.retrieval.dedup import USING, _components, _union_find, find_duplicates  # noqa: E402
 from imgfeat.retrieval.reviews import load_reviews, save_review  # noqa: E402
 from imgfeat.errors import ConfigError  # noqa: E402
 from imgfeat.retrieval.index import FeatureIndex  # noqa: E402
@@ -64,6 +65,55 @@ def test_planted_duplicates_are_grouped_and_distinct_photos_are_not(features):
     first = find_duplicates(features, THRESHOLD, representative="first")
     assert "horses.jpg" in {Path(p).name for p in first.loc[first["is_representative"], "path"]}  # sorted first
     assert _pairs(find_duplicates(features, 0.999999)) == {("dog.jpg", "dog_copy.jpg")}
+
+
+def test_binary_codes_group_the_planted_copies_too(features, tmp_path, capsys):
+    """--using code: the 256-bit codes at the threshold's Hamming match (25 bits at 0.95) find the
+    same planted pairs; scores are 1 - h / bits to the representative."""
+    groups = find_duplicates(features, THRESHOLD, using="code")
+    assert _pairs(groups) == PLANTED
+    stats = groups.attrs["stats"]
+    assert (stats["using"], stats["bits"], stats["max_hamming"], stats["vectors"]) == ("code", 256, 25, 13)
+    reps = {Path(p).name for p in groups.loc[groups["is_representative"], "path"]}
+    assert "horses.jpg" in reps and (groups["score"] >= 1 - 25 / 256).all()
+    assert groups.loc[groups["path"].str.contains("dog"), "score"].tolist() == [1.0, 1.0]  # an exact copy
+    out = tmp_path / "groups.parquet"
+    assert main(["dedup", str(features), "-o", str(out), "--using", "code", "--threshold", str(THRESHOLD)]) == 0
+    assert "3 groups (6 images) among 13 at Hamming distance <= 25 of 256 bits" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(pd.read_parquet(out), groups)
+    with pytest.raises(ConfigError, match="not an index"):
+        find_duplicates(FeatureIndex.build(features), THRESHOLD, using="code")
+
+
+@pytest.fixture(scope="module")
+def whitened(features, tmp_path_factory) -> Path:
+    """The same photos extracted with --whiten: PCA-whitened vectors, 64 -> 8 floats."""
+    root = tmp_path_factory.mktemp("whitened")
+    assert main(["train-whiten", str(features), "-o", str(root / "w.npz"), "--dim", "8"]) == 0
+    imgfeat.extract(features.parent / "photos", root / "features", whiten=str(root / "w.npz"),
+                    **{**FAST_MODELS, "detector": "none"})
+    return root / "features"
+
+
+def test_whitened_features_are_grouped_by_vector_and_by_code(whitened):
+    assert open_features(whitened).dim == 8
+    for using in USING:
+        assert _pairs(find_duplicates(whitened, THRESHOLD, using=using)) == PLANTED
+
+
+@pytest.mark.ray
+def test_ray_gives_the_local_groups_of_photos_by_vector_code_and_whitened(features, whitened, ray_local):
+    """The distributed engines on real (tiny-model) features: Spark is checked against the same
+    local reference on synthetic sets (test_dedup_distributed.py, test_dedup_codes.py)."""
+    from imgfeat.retrieval.dedup_ray import find_duplicates_ray
+
+    for source in (features, whitened):
+        for using in USING:
+            local = find_duplicates(source, THRESHOLD, using=using)
+            distributed = find_duplicates_ray(source, THRESHOLD, using=using, nlist=2, probes=2)
+            assert _pairs(distributed) == PLANTED
+            pd.testing.assert_frame_equal(distributed.drop(columns=["score"]), local.drop(columns=["score"]))
+            np.testing.assert_allclose(distributed["score"], local["score"], atol=1e-5)
 
 
 def test_dedup_over_a_saved_hnsw_index_gives_the_same_groups(features, tmp_path):

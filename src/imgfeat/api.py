@@ -183,9 +183,10 @@ def finetune(source: str | os.PathLike, output: str | os.PathLike, **options: An
 def dedup(source: Any, threshold: float | None = None, engine: str = "local", **options: Any) -> Any:
     """Near-duplicate groups of a feature dataset or index, as a pandas.DataFrame.
 
-    See `imgfeat.retrieval.dedup.find_duplicates` for the options (reviews, representative, kind);
-    engine="spark" or "ray" groups feature folders on a cluster (`find_duplicates_spark` /
-    `find_duplicates_ray`: the same groups; nlist, probes instead of kind).
+    See `imgfeat.retrieval.dedup.find_duplicates` for the options (reviews, representative, kind,
+    using="code" with max_hamming for binary codes by Hamming distance); engine="spark" or "ray"
+    groups feature folders on a cluster (`find_duplicates_spark` / `find_duplicates_ray`: the
+    same groups; nlist, probes instead of kind).
     """
     from .retrieval.dedup import DEFAULT_THRESHOLD, dedup_engine
 

@@ -11,8 +11,12 @@ examples:
   imgfeat dedup index/ --threshold 0.95 -o groups.parquet --representative first
   imgfeat dedup features/ -o groups.parquet --engine spark      (MASTER=spark://host:7077 for a cluster)
   imgfeat dedup s3://bucket/features/ -o groups.parquet --engine ray --buckets 4096
+  imgfeat dedup features/ -o groups.parquet --using code       (binary codes, Hamming <= 45 of 256 bits)
+  imgfeat dedup features/ -o groups.parquet --using code --max-hamming 20 --engine spark
 
-Pairs with cosine similarity >= THRESHOLD are joined into groups (connected components).
+Pairs with cosine similarity >= THRESHOLD are joined into groups (connected components);
+with --using code, pairs of binary codes at most --max-hamming bits apart (default: the
+threshold's match, floor(bits * acos(THRESHOLD) / pi), as `imgfeat eval`).
 --engine spark|ray gives the same groups on a cluster: vectors go to the --probes nearest of
 --buckets k-means buckets, each bucket is joined exactly on the workers (docs/search.md).
 Reviews in reviews.jsonl (beside the groups file unless --reviews says otherwise) keep the
@@ -36,12 +40,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="each group's representative: the most pixels (default) or the first indexed")
     p.add_argument("--reviews", metavar="FILE",
                    help="reviews JSON Lines file (default: reviews.jsonl beside the output)")
-    p.add_argument("--kind", default="auto", choices=("auto", "flat", "hnsw", "ivf", "ivfpq"),
+    p.add_argument("--kind", default="auto", choices=("auto", "flat", "hnsw", "ivf", "ivfpq", "mih"),
                    help="index built for the search when SOURCE is features (default auto: flat below "
-                        "100k vectors, else ivf)")
+                        "100k vectors, else ivf; --using code: flat, mih (exact multi-index hashing) or ivf)")
     p.add_argument("--vector", choices=("auto", "image", "object"), default="auto",
                    help="compare whole images (copies: the default where the features hold them) or "
                         "the main objects (the same product in other photos)")
+    p.add_argument("--using", choices=("embedding", "code"), default="embedding",
+                   help="compare embeddings (cosine, default) or binary codes (Hamming distance; feature "
+                        "folders only, --kind auto|flat|ivf)")
+    p.add_argument("--max-hamming", type=int, metavar="N",
+                   help="--using code: most differing bits of a duplicate pair (default: the --threshold's "
+                        "match, floor(bits * acos(T) / pi): 45 of 256 bits at 0.85)")
     p.add_argument("--max-neighbors", type=int, default=100, help="neighbours kept per image (default 100)")
     p.add_argument("--engine", choices=("local", "spark", "ray"), default="local",
                    help="where to group: this process (default), Spark ($MASTER or local[*]) or Ray "
@@ -69,6 +79,12 @@ def _dedup(args: argparse.Namespace) -> int:
         if args.kind != "auto":
             raise ConfigError("--kind is for the local engine (spark and ray use --buckets and --probes)")
         options = {"nlist": args.buckets, "probes": args.probes or 8}
+    if args.kind == "mih" and args.using != "code":
+        raise ConfigError("--kind mih (multi-index hashing) is for --using code")
+    if args.max_hamming is not None and args.using != "code":
+        raise ConfigError("--max-hamming is for --using code (embeddings use --threshold)")
+    if args.using == "code":
+        options.update(using="code", max_hamming=args.max_hamming)
     groups = dedup_engine(args.engine)(source, args.threshold, representative=args.representative,
                                        reviews=reviews, max_neighbors=args.max_neighbors,
                                        vector=args.vector, **options)
@@ -80,8 +96,10 @@ def _dedup(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
+    within = (f"Hamming distance <= {stats['max_hamming']} of {stats['bits']} bits" if args.using == "code"
+              else f"similarity >= {args.threshold}")
     print(f"{stats['groups']} groups ({stats['images_in_groups']} images) among {stats['vectors']} at "
-          f"similarity >= {args.threshold}: {stats['pairs']} pairs"
+          f"{within}: {stats['pairs']} pairs"
           + (f", {stats['pairs_dropped_by_reviews']} dropped by reviews" if stats["pairs_dropped_by_reviews"] else "")
           + f", {stats['seconds_total']:.1f} s")
     print(f"groups: {args.output}" + (f"  report: {args.html}" if args.html else ""))

@@ -11,6 +11,14 @@ components of the pair graph (scipy.sparse.csgraph); each gets a representative:
 image (width x height) or the first indexed. Memory is the index (n x dim floats) plus one
 chunk of results; nothing is all-pairs.
 
+With using="code" the packed binary codes are compared instead: pairs at most `max_hamming`
+bits apart (default: the cosine threshold's match, acos(T) / pi of the bits, as the evaluator),
+range-searched exactly with a FAISS binary flat index below 100 000 codes; above it exactly
+with multi-index hashing (IndexBinaryMultiHash: max_hamming + 1 parts of the code, a pair within
+max_hamming bits agrees on one whole part) where the parts keep 16 bits or more, else with a
+binary IVF index (nprobe 8: not exact, as the float path's IVF); the groups, representatives and frame are built as on Spark and Ray (buckets.py), a
+member's score being 1 - h / bits to its representative (as `search --using code`).
+
 Reviews (reviews.py) live in a JSON Lines file beside the groups by default; pairs inside a
 "not-duplicate" record are dropped.
 """
@@ -33,6 +41,10 @@ from .index import FeatureIndex
 from .reviews import default_reviews_path, load_reviews, not_duplicate_sets  # noqa: F401  (re-exported)
 
 REPRESENTATIVES = ("largest", "first")
+USING = ("embedding", "code")  # float vectors by cosine, binary codes by Hamming distance
+# binary indexes of using="code"; auto: flat below FLAT_MAX_VECTORS, else mih where its parts hold
+# at least MIH_MIN_PART_BITS bits (tables of 2^16+ values: few false candidates), else ivf
+CODE_KINDS = ("auto", "flat", "mih", "ivf")
 DEDUP_NPROBE = 8  # near-duplicates share a cell or a neighbouring one: few lists suffice
 GROUP_COLUMNS = ("group", "id", "path", "is_representative", "score", "size", "width", "height",
                  "box", "label")
@@ -144,7 +156,8 @@ def pairs_within(index: FeatureIndex, vectors: np.ndarray, labels: np.ndarray, t
 def find_duplicates(source: Any, threshold: float = DEFAULT_THRESHOLD, *, representative: str = "largest",
                     reviews: str | os.PathLike | Sequence[dict[str, Any]] | None = None,
                     kind: str = "auto", max_neighbors: int = 100, chunk_rows: int = 16384,
-                    nprobe: int | None = None, vector: str = "auto") -> Any:
+                    nprobe: int | None = None, vector: str = "auto", using: str = "embedding",
+                    max_hamming: int | None = None) -> Any:
     """Group near-duplicate images: all pairs with cosine similarity >= threshold, joined.
 
     Args:
@@ -163,16 +176,29 @@ def find_duplicates(source: Any, threshold: float = DEFAULT_THRESHOLD, *, repres
         vector: which vectors to compare when `source` is features: "image" (the whole image:
             copies, resized, re-encoded, captioned), "object" (the main object's), or "auto"
             (default): "image" when the features hold whole-image vectors. An index keeps its own.
+        using: "embedding" (default: cosine of the float vectors) or "code": Hamming distance
+            of the binary codes (feature folders only; kind "auto", "flat" or "ivf").
+        max_hamming: with using="code", the most differing bits of a pair (default:
+            floor(bits * acos(threshold) / pi), the evaluator's code threshold).
 
     Returns:
         pandas.DataFrame, one row per member of a group of two or more: group (0 = largest
-        group), id, path, is_representative, score (cosine to the representative), size,
-        width, height, box, label. `frame.attrs["stats"]` holds counts and seconds.
+        group), id, path, is_representative, score (cosine to the representative; codes:
+        1 - h / bits), size, width, height, box, label. `frame.attrs["stats"]` holds counts
+        and seconds.
 
     Raises:
-        ConfigError: a threshold outside (0, 1], an unknown representative rule, or a
-            malformed reviews file.
+        ConfigError: a threshold outside (0, 1], an unknown representative rule, a
+            malformed reviews file, or using="code" on an index or without codes.
     """
+    if using not in USING:
+        raise ConfigError(f"using must be one of {', '.join(USING)}, got {using!r}")
+    if using == "code":
+        return find_code_duplicates(source, threshold, representative=representative, reviews=reviews,
+                                    kind=kind, max_neighbors=max_neighbors, chunk_rows=chunk_rows,
+                                    nprobe=nprobe, vector=vector, max_hamming=max_hamming)
+    if max_hamming is not None:
+        raise ConfigError("max_hamming is for using='code' (binary codes); embeddings use the threshold")
     check_arguments(threshold, representative)
     started = time.perf_counter()
     index = _open_index(source, kind, vector)
@@ -205,7 +231,8 @@ def find_duplicates(source: Any, threshold: float = DEFAULT_THRESHOLD, *, repres
     members["component"] = component[live_labels[in_group]]
     frame = describe_groups(members, index.vectors_of_labels, representative)
     stats = {
-        "vectors": len(index), "vector": "image" if index.crop == "whole-image" else "object", "kind": index.kind, "threshold": threshold, "pairs": int(len(keys)),
+        "vectors": len(index), "vector": "image" if index.crop == "whole-image" else "object", "kind": index.kind,
+        "threshold": threshold, "using": "embedding", "pairs": int(len(keys)),
         "pairs_dropped_by_reviews": dropped, "groups": int(frame["group"].nunique()) if len(frame) else 0,
         "images_in_groups": int(len(frame)), "seconds_index": round(indexed - started, 3),
         "seconds_search": round(searched - indexed, 3),
@@ -215,15 +242,18 @@ def find_duplicates(source: Any, threshold: float = DEFAULT_THRESHOLD, *, repres
     return frame
 
 
-def describe_groups(members: Any, vectors_of: Callable[[np.ndarray], np.ndarray], representative: str) -> Any:
+def describe_groups(members: Any, vectors_of: Callable[[np.ndarray], np.ndarray], representative: str,
+                    similarity: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> Any:
     """Group numbers (largest first), representatives and member scores: the output frame.
 
     Args:
         members: one row per member of a group of two or more: index "id", columns faiss_id
             (any integer that sorts in indexing order), component, and the index's metadata
             columns (path, width, height, x1..y2, label).
-        vectors_of: unit vectors of an array of faiss_id values.
+        vectors_of: unit vectors (or packed codes) of an array of faiss_id values.
         representative: one of REPRESENTATIVES.
+        similarity: score of row pairs of two vectors_of arrays (default: their dot product,
+            the cosine of unit vectors).
     """
     import pandas as pd
 
@@ -250,13 +280,104 @@ def describe_groups(members: Any, vectors_of: Callable[[np.ndarray], np.ndarray]
     members["is_representative"] = members["faiss_id"] == members["representative"]
     vectors = vectors_of(members["faiss_id"].to_numpy())
     rep_vectors = vectors_of(members["representative"].to_numpy())
-    members["score"] = np.clip(np.einsum("ij,ij->i", vectors, rep_vectors), -1.0, 1.0).astype(np.float32)
+    scores = similarity(vectors, rep_vectors) if similarity else np.einsum("ij,ij->i", vectors, rep_vectors)
+    members["score"] = np.clip(scores, -1.0, 1.0).astype(np.float32)
     members["box"] = [None if np.isnan([a, b, c, d]).any() else [float(a), float(b), float(c), float(d)]
                       for a, b, c, d in members[["x1", "y1", "x2", "y2"]].to_numpy(dtype=np.float64)]
     members = members.sort_values(["group", "is_representative", "score", "faiss_id"],
                                   ascending=[True, False, False, True], kind="stable")
     frame = members[list(GROUP_COLUMNS)].reset_index(drop=True)
     return frame.astype({"group": "int64", "size": "int64", "width": "Int64", "height": "Int64"})
+
+
+def find_code_duplicates(source: Any, threshold: float = DEFAULT_THRESHOLD, *, representative: str = "largest",
+                         reviews: str | os.PathLike | Sequence[dict[str, Any]] | None = None, kind: str = "auto",
+                         max_neighbors: int = 100, chunk_rows: int = 16384, nprobe: int | None = None,
+                         vector: str = "auto", max_hamming: int | None = None) -> Any:
+    """find_duplicates(using="code"): groups of codes at most max_hamming bits apart.
+
+    All codes are read into memory (bits / 8 bytes each, plus the ids), indexed in a FAISS
+    binary index (flat: exact; mih: multi-index hashing with max_hamming + 1 tables of
+    bits // (max_hamming + 1) bits, exact; ivf: nlist sqrt(n), nprobe visited lists) and
+    range-searched chunk by chunk; each code keeps its `max_neighbors` nearest.
+
+    Raises:
+        ConfigError: as find_duplicates, an index as source, an unknown kind, or no codes.
+    """
+    from .buckets import (components_of_pairs, default_nlist, file_numbers, groups_frame, prepare, read_members,
+                          read_vectors, reviewed_pairs, using_stats)
+    from .buckets import MIH_MIN_PART_BITS
+    from .faiss_kinds import faiss_module
+
+    if isinstance(source, FeatureIndex):
+        raise ConfigError("dedup using codes reads feature folders, not an index (give the features)")
+    if kind not in CODE_KINDS:
+        raise ConfigError(f"kind must be one of {', '.join(CODE_KINDS)} for codes, got {kind!r}")
+    started = time.perf_counter()
+    _, plan = prepare(source, threshold, representative, reviews, vector, nlist=0, probes=1,
+                      max_neighbors=max_neighbors, seed=0, using="code", max_hamming=max_hamming)
+    parts = [read_vectors(plan, number) for number in range(len(plan.files))]
+    keys = np.concatenate([part["key"] for part in parts])
+    ids = np.concatenate([part["id"] for part in parts])
+    codes = np.ascontiguousarray(np.concatenate([part["vector"] for part in parts]))
+    del parts
+    faiss = faiss_module()
+    n, radius = len(codes), plan.max_hamming
+    part_bits = plan.bits // (radius + 1)
+    if kind == "auto":
+        kind = "flat" if n < FLAT_MAX_VECTORS else "mih" if part_bits >= MIH_MIN_PART_BITS else "ivf"
+    if kind == "flat" or (kind == "mih" and not part_bits):  # a radius of every bit: all pairs
+        kind, index = "flat", faiss.IndexBinaryFlat(plan.bits)
+    elif kind == "mih":
+        # pigeonhole: radius + 1 disjoint parts, a pair at most radius bits apart differs in at
+        # most radius of them, so it agrees exactly on one: looked up with no bit flips
+        index = faiss.IndexBinaryMultiHash(plan.bits, radius + 1, part_bits)
+        index.nflip = 0
+    else:
+        quantizer = faiss.IndexBinaryFlat(plan.bits)
+        nlist = default_nlist(n)
+        index = faiss.IndexBinaryIVF(quantizer, plan.bits, nlist)  # faiss's wrapper keeps the quantizer alive
+        sample = np.random.default_rng(0).choice(n, min(n, nlist * 64), replace=False)
+        index.train(codes[np.sort(sample)])
+        index.nprobe = nprobe or DEDUP_NPROBE
+    index.add(codes)
+    indexed = time.perf_counter()
+
+    found = []
+    for start in range(0, n, chunk_rows):
+        # faiss keeps distances strictly below the radius
+        limits, distances, labels = index.range_search(codes[start:start + chunk_rows], radius + 1)
+        rows = np.repeat(np.arange(start, min(n, start + chunk_rows)), np.diff(limits).astype(np.int64))
+        keep = (labels != rows) & (distances <= radius)
+        rows, labels, distances = rows[keep], labels[keep].astype(np.int64), distances[keep]
+        if max_neighbors and len(rows):  # each code keeps its nearest
+            order = np.lexsort((distances, rows))
+            sorted_rows = rows[order]
+            rank = np.arange(len(order)) - np.searchsorted(sorted_rows, sorted_rows, side="left")
+            keep = np.sort(order[rank < max_neighbors])
+            rows, labels = rows[keep], labels[keep]
+        found.append(np.unique(np.minimum(rows, labels) * n + np.maximum(rows, labels)))
+    pairs = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
+    lo, hi = keys[pairs // max(n, 1)], keys[pairs % max(n, 1)]
+    reviewed = reviewed_pairs(plan, lo, hi, keys, ids)
+    lo, hi = lo[~reviewed], hi[~reviewed]
+    searched = time.perf_counter()
+
+    component_keys, components = components_of_pairs(lo, hi)
+    files = file_numbers(component_keys)
+    pieces = [read_members(plan, int(number), component_keys[files == number]) for number in np.unique(files)]
+    import pandas as pd
+
+    members = pd.concat(pieces) if pieces else read_members(plan, 0, np.zeros(0, np.int64))
+    frame = groups_frame(members, component_keys, components, representative, codes=True)
+    frame.attrs["stats"] = {
+        "vectors": n, "vector": plan.vector, "kind": kind, "threshold": threshold, **using_stats(plan),
+        "pairs": int(len(lo)), "pairs_dropped_by_reviews": int(reviewed.sum()),
+        "groups": int(frame["group"].nunique()) if len(frame) else 0, "images_in_groups": int(len(frame)),
+        "seconds_index": round(indexed - started, 3), "seconds_search": round(searched - indexed, 3),
+        "seconds_total": round(time.perf_counter() - started, 3),
+    }
+    return frame
 
 
 # engines of `imgfeat dedup --engine`: module and function, imported on use (pyspark and ray are extras)

@@ -9,6 +9,7 @@ one task per part joins each bucket's vectors exactly and returns its pairs. The
 to the driver (16 bytes each, plus the unique pass: 100M pairs ~ 3 GiB of driver memory is the
 limit of this design) and their connected components are found there as in the local dedup;
 one task per file holding group members reads their metadata and vectors for the output.
+With using="code" the rows are packed binary codes compared by Hamming distance (buckets.py).
 """
 
 from __future__ import annotations
@@ -40,13 +41,14 @@ def find_duplicates_ray(source: Any, threshold: float = DEFAULT_THRESHOLD, *, re
                         reviews: str | os.PathLike | Sequence[dict[str, Any]] | None = None,
                         vector: str = "auto", nlist: int | None = None, probes: int = 8,
                         max_neighbors: int = 100, partitions: int | None = None, seed: int = 0,
-                        address: str | None = None) -> Any:
+                        address: str | None = None, using: str = "embedding", max_hamming: int | None = None) -> Any:
     """Group near-duplicate images on Ray: the groups of `find_duplicates`, in the same frame.
 
     Args:
         source: a feature folder (local, or a URL every worker can read), a file or a list of them.
-        threshold, representative, reviews, vector, max_neighbors: as `find_duplicates`
-            (max_neighbors counts per bucket a vector probes).
+        threshold, representative, reviews, vector, max_neighbors, using, max_hamming: as
+            `find_duplicates` (max_neighbors counts per bucket a vector probes; with using="code"
+            the buckets are trained on the codes' bits as +-1 vectors, buckets.py).
         nlist: buckets (default sqrt(rows), as the local IVF index). probes: buckets each
             vector is compared in (default 8, the local dedup's nprobe).
         partitions: join tasks (default: twice the cluster's CPUs, at most nlist).
@@ -68,6 +70,7 @@ def find_duplicates_ray(source: Any, threshold: float = DEFAULT_THRESHOLD, *, re
 
     started = time.perf_counter()
     _, plan = prepare(source, threshold, representative, reviews, vector, nlist=nlist, probes=probes,
+                      using=using, max_hamming=max_hamming,
                             max_neighbors=max_neighbors, seed=seed)
     ray_connect(address)
     trained = time.perf_counter()
@@ -95,7 +98,7 @@ def find_duplicates_ray(source: Any, threshold: float = DEFAULT_THRESHOLD, *, re
     import pandas as pd
 
     members = pd.concat(pieces) if pieces else read_members(plan, 0, np.zeros(0, np.int64))
-    frame = groups_frame(members, keys, components, representative)
+    frame = groups_frame(members, keys, components, representative, plan.codes)
     vectors = sum(r[3] for r in results)
     frame.attrs["stats"] = stats_of(frame, plan, "ray", vectors, len(pairs), dropped, {
         "train": trained - started, "join": joined - trained, "groups": time.perf_counter() - joined,

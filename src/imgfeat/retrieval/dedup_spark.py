@@ -11,6 +11,7 @@ diameter is small; checkpointed each round), or, while the pairs fit (components
 DRIVER_PAIRS_LIMIT), from scipy on the driver as in the local dedup: each Spark round costs
 seconds of job overhead, 20M pairs collected cost ~0.3 GiB. Then only the component of each group
 member reaches the driver, and the members' metadata and vectors (the output frame itself).
+With using="code" the rows carry packed binary codes compared by Hamming distance (buckets.py).
 """
 
 from __future__ import annotations
@@ -41,23 +42,24 @@ COMPONENTS = ("auto", "driver", "spark")
 
 
 def _vector_column(vectors: np.ndarray) -> Any:
-    """float32 rows as an Arrow binary column, without a Python object per row."""
+    """Rows (float32 vectors or uint8 packed codes) as an Arrow binary column, without a Python
+    object per row."""
     import pyarrow as pa
 
-    width = vectors.shape[1] * 4
+    vectors = np.ascontiguousarray(vectors)
+    width = vectors.shape[1] * vectors.itemsize
     offsets = np.arange(len(vectors) + 1, dtype=np.int32) * width
-    return pa.Array.from_buffers(pa.binary(), len(vectors), [None, pa.py_buffer(offsets),
-                                                             pa.py_buffer(np.ascontiguousarray(vectors, np.float32))])
+    return pa.Array.from_buffers(pa.binary(), len(vectors), [None, pa.py_buffer(offsets), pa.py_buffer(vectors)])
 
 
-def _vectors_of(column: Any, dim: int) -> np.ndarray:
-    """The float32 (n, dim) rows of a binary column written by _vector_column."""
+def _vectors_of(column: Any, dim: int, dtype: Any = np.float32) -> np.ndarray:
+    """The (n, dim) rows of `dtype` of a binary column written by _vector_column."""
     array = column.combine_chunks() if hasattr(column, "combine_chunks") else column
     if not len(array):
-        return np.zeros((0, dim), np.float32)
+        return np.zeros((0, dim), dtype)
     offsets = np.frombuffer(array.buffers()[1], np.int32)[array.offset:array.offset + len(array) + 1]
     values = np.frombuffer(array.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
-    return values.view(np.float32).reshape(len(array), dim)
+    return values.view(dtype).reshape(len(array), dim)
 
 
 def _bucket_files(plan: BucketPlan, batches: Iterator[Any]) -> Iterator[Any]:
@@ -87,7 +89,7 @@ def _join_partition(plan: BucketPlan, batches: Iterator[Any]) -> Iterator[Any]:
         "bucket": table.column("bucket").to_numpy(), "key": table.column("key").to_numpy(),
         "stored": table.column("stored").to_numpy(zero_copy_only=False),
         "id": np.asarray(table.column("id").to_pylist(), dtype=object),
-        "vector": _vectors_of(table.column("vector"), plan.dim)})
+        "vector": _vectors_of(table.column("vector"), plan.dim, plan.value_dtype)})
     zeros = np.zeros(len(lo), np.int64)
     yield pa.RecordBatch.from_pydict({"lo": np.append(lo, -1), "hi": np.append(hi, -1),
                                       "dropped": np.append(zeros, dropped), "stored": np.append(zeros, stored)})
@@ -99,7 +101,7 @@ def _read_members(plan: BucketPlan, member_keys: Any, frames: Iterator[Any]) -> 
     for frame in frames:
         for number in frame["file"].tolist():
             members = read_members(plan, int(number), keys[file_numbers(keys) == number]).reset_index()
-            members["vector"] = [v.astype(np.float32).tobytes() for v in members["vector"]]
+            members["vector"] = [np.ascontiguousarray(v, plan.value_dtype).tobytes() for v in members["vector"]]
             yield members.astype({"width": "Int64", "height": "Int64"})  # error-free rows: never null
 
 
@@ -134,13 +136,14 @@ def find_duplicates_spark(source: Any, threshold: float = DEFAULT_THRESHOLD, *, 
                           reviews: str | os.PathLike | Sequence[dict[str, Any]] | None = None,
                           vector: str = "auto", nlist: int | None = None, probes: int = 8,
                           max_neighbors: int = 100, seed: int = 0, components: str = "auto",
-                          master: str | None = None) -> Any:
+                          master: str | None = None, using: str = "embedding", max_hamming: int | None = None) -> Any:
     """Group near-duplicate images on Spark: the groups of `find_duplicates`, in the same frame.
 
     Args:
         source: a feature folder (local, or a URL every executor can read), a file or a list of them.
-        threshold, representative, reviews, vector, max_neighbors: as `find_duplicates`
-            (max_neighbors counts per bucket a vector probes).
+        threshold, representative, reviews, vector, max_neighbors, using, max_hamming: as
+            `find_duplicates` (max_neighbors counts per bucket a vector probes; with using="code"
+            the buckets are trained on the codes' bits as +-1 vectors, buckets.py).
         nlist: buckets (default sqrt(rows), as the local IVF index). probes: buckets each
             vector is compared in (default 8, the local dedup's nprobe).
         seed: seed of the training sample and k-means.
@@ -166,6 +169,7 @@ def find_duplicates_spark(source: Any, threshold: float = DEFAULT_THRESHOLD, *, 
 
     started = time.perf_counter()
     _, plan = prepare(source, threshold, representative, reviews, vector, nlist=nlist, probes=probes,
+                      using=using, max_hamming=max_hamming,
                       max_neighbors=max_neighbors, seed=seed)
     spark, created = spark_session(master)
     try:
@@ -176,7 +180,7 @@ def find_duplicates_spark(source: Any, threshold: float = DEFAULT_THRESHOLD, *, 
         # a hash shuffle by bucket, each partition joined in one Python call: no sort by bucket in
         # the JVM (groupBy + applyInArrow sorted and spilled 0.9 GB of rows in local mode)
         partitions = max(2 * spark.sparkContext.defaultParallelism,
-                         math.ceil(plan.rows * plan.probes * (plan.dim * 4 + 48) / PARTITION_BYTES))
+                         math.ceil(plan.rows * plan.probes * (plan.row_bytes + 48) / PARTITION_BYTES))
         found = (rows.repartition(partitions, "bucket")
                  .mapInArrow(lambda batches: _join_partition(plan, batches), PAIRS_SCHEMA).localCheckpoint())
         tally = found.where("lo < 0").agg(F.sum("dropped"), F.sum("stored")).first()
@@ -205,8 +209,8 @@ def find_duplicates_spark(source: Any, threshold: float = DEFAULT_THRESHOLD, *, 
         members = read_members(plan, 0, np.zeros(0, np.int64))
     else:
         members = members.set_index("id")
-        members["vector"] = [np.frombuffer(v, np.float32) for v in members["vector"]]
-    frame = groups_frame(members, keys, component, representative)
+        members["vector"] = [np.frombuffer(v, plan.value_dtype) for v in members["vector"]]
+    frame = groups_frame(members, keys, component, representative, plan.codes)
     frame.attrs["stats"] = stats_of(frame, plan, "spark", int(vectors), int(pair_count), dropped, {
         "train": trained - started, "join": joined - trained, "groups": time.perf_counter() - joined,
         "total": time.perf_counter() - started})
