@@ -9,11 +9,12 @@ sizes, quality 90, fixed seed) and the same default models (CenterNet-MobileNetV
 MobileNetV2 embedder):
 
     model-only    the two networks on tensors already in memory (the ceiling), imgfeat's
-                  default runtime and batch sizes
+                  default runtime and batch sizes: the detector once and the embedder twice
+                  per image (main-object crop and whole image, the two vectors imgfeat stores)
     imgfeat       `imgfeat.extract` from files to Parquet, default settings, fresh output
     imgfeat-X     the same with the runtime `auto` did not pick (X = openvino or
     model-only-X  onnxruntime), to separate what the runtime gives from the pipeline
-    naive         PIL open -> resize -> detect -> crop -> embed, one image at a time
+    naive         PIL open -> resize -> detect -> crop -> embed crop and image, one at a time
     ray           Ray Data: read_binary_files -> map_batches(decode) -> map_batches(actor)
     spark         PySpark local mode: binaryFile -> mapInPandas, model loaded once per worker
     rss 1x / 5x   peak memory (ru_maxrss) of the imgfeat run at two dataset sizes, each in a
@@ -122,15 +123,15 @@ def model_only(paths: list[Path], runtime: str, streams: int = 1, precision: str
     names = ["keypoints", "wh"]
     for tensor in det_tensors:  # warm-up: every input shape compiled once, as a run does
         detector.model.run(tensor, names)
-    for size in {emb_batch, len(paths) % emb_batch or emb_batch}:
+    for size in {emb_batch, (2 * len(paths)) % emb_batch or emb_batch}:
         embedder.model.run(emb_tensor[:size])
 
     def networks(first: int) -> None:  # one pipeline batch: what one stream does at a time
         n = min(chunk, len(paths) - first)
         for k, start in enumerate(range(0, n, det_batch)):
             detector.model.run(det_tensors[k][:min(det_batch, n - start)], names)
-        for start in range(0, n, emb_batch):
-            embedder.model.run(emb_tensor[:min(emb_batch, n - start)])
+        for start in range(0, 2 * n, emb_batch):  # the main objects' crops and the whole images
+            embedder.model.run(emb_tensor[:min(emb_batch, 2 * n - start)])
 
     start = time.perf_counter()
     with ThreadPoolExecutor(streams) as pool:
@@ -177,8 +178,8 @@ def naive_loop(paths: list[Path], out: Path, runtime: str) -> dict:
     for path in paths:
         image = np.asarray(Image.open(path).convert("RGB"))
         detections = detector([image])[0]
-        embedding = embedder([_main_crop(image, detections)])[0]
-        rows.append({"path": str(path), "embedding": embedding.tolist()})
+        embedding, image_embedding = embedder([_main_crop(image, detections), image])
+        rows.append({"path": str(path), "embedding": embedding.tolist(), "image_embedding": image_embedding.tolist()})
     pd.DataFrame(rows).to_parquet(out)
     return {"images": len(paths), "seconds": time.perf_counter() - start, "runtime": embedder.runtime}
 
@@ -207,9 +208,11 @@ class _Featurizer:
     def features(self, images: list[np.ndarray]) -> np.ndarray:
         detections = [d for i in range(0, len(images), self.det_batch)
                       for d in self.detector(images[i:i + self.det_batch])]
-        crops = [_main_crop(image, dets) for image, dets in zip(images, detections)]
-        return np.concatenate([self.embedder(crops[i:i + self.emb_batch])
-                               for i in range(0, len(crops), self.emb_batch)])
+        # the main objects' crops, then the whole images (imgfeat stores both vectors)
+        crops = [_main_crop(image, dets) for image, dets in zip(images, detections)] + list(images)
+        vectors = np.concatenate([self.embedder(crops[i:i + self.emb_batch])
+                                  for i in range(0, len(crops), self.emb_batch)])
+        return np.concatenate([vectors[:len(images)], vectors[len(images):]], axis=1)
 
 
 def _decode_bytes(content: bytes) -> np.ndarray:
