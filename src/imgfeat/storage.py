@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import stat
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
 from fsspec.core import url_to_fs
@@ -344,3 +346,21 @@ def temporary_target(name: str) -> str | None:
 
 __all__ = ["NO_RETRY", "RETRYABLE", "ReadFailure", "Retry", "atomic_local_path", "atomic_write",
            "classify", "is_temporary", "is_url", "local_path", "read_bytes", "temporary_target"]
+
+
+# --- imgfeat's own files ---------------------------------------------------------------------
+
+def imgfeat_home() -> Path:
+    """imgfeat's cache root: $IMGFEAT_HOME, default $XDG_CACHE_HOME/imgfeat (~/.cache/imgfeat)."""
+    root = os.environ.get("IMGFEAT_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "imgfeat")
+    return Path(root)
+
+
+def file_digest(path: str | os.PathLike, length: int = 16) -> str:
+    """SHA-256 of a file, first `length` hex digits: the model fingerprint in the manifest."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:length]

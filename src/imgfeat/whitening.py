@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import ConfigError, ModelUnavailable
 from .models.preprocess import l2_normalize
-from .models.runtimes import file_digest
+from .storage import file_digest
 from .storage import atomic_local_path
 
 # Eigenvalues are floored at this fraction of the largest kept one before the power is taken:

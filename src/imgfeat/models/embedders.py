@@ -18,7 +18,8 @@ import numpy as np
 from ..errors import ConfigError, MissingExtra, ModelUnavailable
 from .preprocess import InputSpec, l2_normalize, spec_from_shape, to_tensor
 from .registry import register_embedder
-from .runtimes import create_runtime, imgfeat_home
+from ..storage import imgfeat_home
+from .runtimes import create_runtime
 
 MOBILENET_V2_ONNX = "mobilenet_v2-b0353104.onnx"
 GEM_P = 3.0  # the usual GeM exponent for ImageNet CNNs (Radenovic et al. 2018)

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import ConfigError, MissingExtra, ModelUnavailable
 from ..storage import atomic_local_path
 from .hashing import pack_bits
-from .runtimes import file_digest
+from ..storage import file_digest
 
 FORMATS = (".onnx", ".npz")
 INPUT_NAME, OUTPUT_NAME = "embedding", "projection"

@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ConfigError, MissingExtra
-from .runtimes import file_digest, imgfeat_home
+from ..storage import file_digest, imgfeat_home
 
 # Why these settings (measured on the sample photos, docs/benchmarks.md "INT8"):
 # - QDQ, per-channel int8 weights, uint8 activations: the format both runtimes execute in int8.

@@ -16,7 +16,6 @@ with its model cache under $IMGFEAT_HOME so the next process does not recompile.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import threading
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError, MissingExtra
+from ..storage import file_digest, imgfeat_home
 
 RUNTIME_CHOICES = ("auto", "onnxruntime", "openvino")
 INT8_AUTO_RUNTIME = "onnxruntime"  # what --precision int8 runs on with --runtime auto
@@ -32,22 +32,6 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16", "int8")
 # imgfeat's names -> OpenVINO's inference precision; int8 files carry their own int8 layers
 # (QDQ), and what is left in float between them stays f32 (bf16 there would add its own error)
 _OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
-
-
-def imgfeat_home() -> Path:
-    """imgfeat's cache root: $IMGFEAT_HOME, default $XDG_CACHE_HOME/imgfeat (~/.cache/imgfeat)."""
-    root = os.environ.get("IMGFEAT_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "imgfeat")
-    return Path(root)
-
-
-def file_digest(path: str | os.PathLike, length: int = 16) -> str:
-    """SHA-256 of a file, first `length` hex digits: the model fingerprint in the manifest."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:length]
 
 
 def openvino_available() -> bool:

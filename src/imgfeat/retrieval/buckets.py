@@ -441,7 +441,7 @@ def _join_small_buckets(plan: BucketPlan, rows: dict[str, np.ndarray], starts: n
 def components_of_pairs(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(keys, component) of every key in a pair: the component is the smallest key of its
     group (the local label propagation, on the driver: 16 bytes a pair)."""
-    from .dedup import _components
+    from .groups import _components
 
     keys, inverse = np.unique(np.concatenate([lo, hi]), return_inverse=True)
     component = _components(len(keys), inverse[:len(lo)], inverse[len(lo):])
@@ -463,7 +463,7 @@ def prepare(source: Any, threshold: float, representative: str, reviews: Any, ve
             None: max_hamming_for(threshold, bits), the evaluator's matching threshold).
     """
     from ..dataset import open_features
-    from .dedup import USING, check_arguments, resolve_vector, review_records
+    from .groups import USING, check_arguments, resolve_vector, review_records
     from .index import VECTORS, vector_columns
 
     check_arguments(threshold, representative)
@@ -495,7 +495,7 @@ def groups_frame(members: Any, component_keys: np.ndarray, components: np.ndarra
     key's component (codes: the members' `vector` holds packed codes; scores are 1 - h / bits)."""
     import pandas as pd
 
-    from .dedup import describe_groups
+    from .groups import describe_groups
 
     if len(members):
         members = members.assign(component=pd.Series(components, index=component_keys)

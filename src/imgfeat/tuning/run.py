@@ -53,7 +53,7 @@ def finetune(source: str | os.PathLike, output: str | os.PathLike, *, config: Fi
         import torch
     except ImportError as exc:
         raise MissingExtra(exc.name or "torch", extra="finetune", purpose="fine-tuning") from exc
-    from ..models.runtimes import file_digest
+    from ..storage import file_digest
     from .data import open_training_data, read_images
     from .evaluation import before_after, torch_encoder
     from .export import export_embedder
