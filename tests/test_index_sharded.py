@@ -335,3 +335,5 @@ def test_dedup_on_a_sharded_folder_says_what_to_give_instead(flat_pair):
 
     with pytest.raises(SourceError, match="takes the features"):
         find_duplicates(flat_pair[2], 0.9)
+    with pytest.raises(ConfigError, match="sharded index's parts"):
+        find_duplicates(flat_pair[1], 0.9)  # the loaded object, not its folder

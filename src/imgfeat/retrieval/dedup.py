@@ -37,6 +37,7 @@ from ..schema import STATUS_OK
 from ..storage import atomic_local_path
 from .faiss_kinds import FLAT_MAX_VECTORS
 from .index import FeatureIndex
+from .sharded import ShardedIndex
 from .groups import (  # noqa: F401  (re-exported: the names dedup's callers and tests know)
     GROUP_COLUMNS, REPRESENTATIVES, USING, _components, _union_find, check_arguments, describe_groups, resolve_vector,
     review_records,
@@ -74,6 +75,9 @@ def _open_index(source: Any, kind: str, vector: str) -> FeatureIndex:
     folders (several are indexed together) over their `vector` vectors."""
     if isinstance(source, FeatureIndex):
         return source
+    if isinstance(source, ShardedIndex):
+        raise ConfigError("dedup needs one index or the features: a sharded index's parts do not see each "
+                          "other's pairs; give the feature folders (or `--engine spark|ray` for many)")
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     if len(sources) == 1 and os.path.exists(os.path.join(os.fspath(sources[0]), INDEX_JSON)):
         return FeatureIndex.load(sources[0])
