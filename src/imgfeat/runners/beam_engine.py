@@ -31,6 +31,8 @@ import threading
 from typing import Any, Sequence
 
 import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -153,6 +155,13 @@ def _submit(plan: Plan, config: PipelineConfig, source: Source, runner: str | No
     return _counts(result)
 
 
+def _retried_stats(plan: Plan, shard: Shard) -> dict[str, Any]:
+    """Rows and errors of the rows a --retry-errors shard retried, read back from its file."""
+    table = plan.sink.read_shard(shard.name, ["id", "error"])
+    ids = pa.array([item.id for item in shard.items], table.schema.field("id").type)
+    return shard_stats(table.filter(pc.is_in(table["id"], value_set=ids)).select(["error"]))
+
+
 def run_beam(source: Source, output: str, config: PipelineConfig, on_progress: Progress | None = None, *,
              runner: str | None = None, pipeline_args: Sequence[str] | None = None, attempts: int = 2,
              **engine_options: Any) -> RunReport:
@@ -184,8 +193,7 @@ def run_beam(source: Source, output: str, config: PipelineConfig, on_progress: P
         raise ConfigError(f"attempts must be >= 1, got {attempts}")
     config = compute_for_output(config, output)  # once, here: every task computes the same way
     first: Plan | None = None
-    rows, errors, seconds = 0, {}, {}
-    written: set[str] = set()
+    seconds: dict[str, float] = {}
     for attempt in range(1, attempts + 1):
         plan = plan_run(source, output, config, lambda: cached_pipeline(config).features,
                         on_progress if first is None else None)
@@ -193,31 +201,31 @@ def run_beam(source: Source, output: str, config: PipelineConfig, on_progress: P
         if not plan.todo and not plan.retry:
             break
         try:
-            got = _submit(plan, config, source, runner, pipeline_args)
+            seconds = _submit(plan, config, source, runner, pipeline_args)[2]
         except Exception as exc:  # noqa: BLE001 - whatever the runner raised: the shards committed are kept
             if attempt == attempts:
                 raise
-            done = plan.sink.completed()
-            for shard in plan.todo:  # committed before the failure: counted from their files
-                if shard.name in done:
-                    written.add(shard.name)
-                    stats = shard_stats(plan.sink.read_shard(shard.name, ["error"]))
-                    rows, errors = rows + stats["rows"], merge_errors([errors, stats["errors"]])
             log.warning("beam pipeline failed (%s: %s); submitting the shards left, attempt %d of %d",
                         type(exc).__name__, exc, attempt + 1, attempts)
             continue
-        written.update(s.name for s in plan.todo + plan.retry)
-        rows, errors = rows + got[0], merge_errors([errors, got[1]])
-        seconds = got[2]
         break
     assert first is not None
+    # what this call wrote: the shards it was given that are committed now, counted from their
+    # files (a failed pipeline's other workers may still commit shards after it raised, before
+    # the next plan: counting then, or from the metrics, would miss them)
+    done = plan.sink.completed()
+    todo = [s for s in first.todo if s.name in done]
+    retried = [s for s in first.retry if s.name in done]
+    stats = {s.name: shard_stats(plan.sink.read_shard(s.name, ["error"])) for s in todo + retried}
+    # a retried shard counts the rows it retried (as the local runner does), not the whole shard
+    counted = [stats[s.name] for s in todo] + [_retried_stats(plan, s) for s in retried]
+    rows = sum(stat["rows"] for stat in counted)
+    errors = merge_errors([stat["errors"] for stat in counted])
     report = first.report
     report.add(rows, errors)
     report.retried = sum(len(s.items) for s in first.retry)
     if on_progress and rows:
         on_progress(rows, report.failed, first.todo_count)
-    # the manifest's stats of every shard this call wrote, read back from the committed files
-    stats = {name: shard_stats(plan.sink.read_shard(name, ["error"])) for name in sorted(written)}
     return finish_run(dataclasses.replace(plan, report=report, started=first.started), stats, "beam",
                       stage_seconds=seconds)
 
