@@ -92,6 +92,8 @@ class ShardFn(beam.DoFn):
         fault = self.task.fault_flag
         summary = self.worker_task(Shard(index, pickle.loads(items)), patch=patch,
                                    on_batch=lambda done, failed: raise_fault_once(fault))
+        # rows and errors for the runner's own monitoring (Dataflow's UI); the driver's report
+        # counts them from the committed shards (run_beam), stage seconds from here
         Metrics.counter(NAMESPACE, "rows").inc(summary["rows"])
         for kind, count in json.loads(summary["errors"]).items():
             Metrics.counter(NAMESPACE, f"error:{kind}").inc(count)
@@ -119,23 +121,19 @@ def pipeline_options(runner: str | None, pipeline_args: Sequence[str] | None,
     return PipelineOptions(args), direct
 
 
-def _counts(result: Any) -> tuple[int, dict[str, int], dict[str, float]]:
-    """Rows, errors by kind and stage seconds from a finished pipeline's committed metrics."""
-    rows, errors, seconds = 0, {}, {}
+def _stage_seconds(result: Any) -> dict[str, float]:
+    """Seconds per stage, summed over the workers, from a finished pipeline's committed metrics."""
+    seconds: dict[str, float] = {}
     for counter in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
         name, value = counter.key.metric.name, counter.committed or 0
-        if name == "rows":
-            rows += value
-        elif name.startswith("error:"):
-            errors[name[len("error:"):]] = errors.get(name[len("error:"):], 0) + value
-        elif name.startswith("ms:"):
+        if name.startswith("ms:"):
             seconds[name[len("ms:"):]] = seconds.get(name[len("ms:"):], 0.0) + value / 1000
-    return rows, errors, seconds
+    return seconds
 
 
 def _submit(plan: Plan, config: PipelineConfig, source: Source, runner: str | None,
-            pipeline_args: Sequence[str] | None) -> tuple[int, dict[str, int], dict[str, float]]:
-    """Run one Beam pipeline over the plan's shards; the committed counts."""
+            pipeline_args: Sequence[str] | None) -> dict[str, float]:
+    """Run one Beam pipeline over the plan's shards; its stage seconds."""
     shards = [(s.index, pickle.dumps(s.items), False) for s in plan.todo]
     shards += [(s.index, pickle.dumps(s.items), True) for s in plan.retry]
     options, direct = pipeline_options(runner, pipeline_args, len(shards))
@@ -152,7 +150,7 @@ def _submit(plan: Plan, config: PipelineConfig, source: Source, runner: str | No
          | "extract" >> beam.ParDo(ShardFn(task, threads)))
     result = pipeline.run()
     result.wait_until_finish()
-    return _counts(result)
+    return _stage_seconds(result)
 
 
 def _retried_stats(plan: Plan, shard: Shard) -> dict[str, Any]:
@@ -201,7 +199,7 @@ def run_beam(source: Source, output: str, config: PipelineConfig, on_progress: P
         if not plan.todo and not plan.retry:
             break
         try:
-            seconds = _submit(plan, config, source, runner, pipeline_args)[2]
+            seconds = _submit(plan, config, source, runner, pipeline_args)
         except Exception as exc:  # noqa: BLE001 - whatever the runner raised: the shards committed are kept
             if attempt == attempts:
                 raise
