@@ -164,3 +164,17 @@ def test_full_disk_during_extract_then_resume(disk, features, tmp_path):
     resumed = imgfeat.read_features(out).to_pandas()
     reference = imgfeat.read_features(good).to_pandas()
     assert resumed.id.tolist() == reference.id.tolist() and resumed.id.is_unique
+
+
+def test_cleaning_temporaries_tolerates_one_renamed_away_meanwhile(tmp_path, monkeypatch):
+    # a worker of a failed Beam/Spark run may still rename its temporary into place while the
+    # next plan cleans up: the file listed a moment ago is gone, and that is not an error
+    from imgfeat.sinks import ParquetSink
+
+    sink = ParquetSink(str(tmp_path / "out"))
+    (tmp_path / "out").mkdir()
+    gone, left = ".part-00003.parquet.tmp-b46d4a97", ".part-00004.parquet.tmp-0123abcd"
+    (tmp_path / "out" / left).write_bytes(b"half")
+    monkeypatch.setattr(sink, "_names", lambda: [gone, left])
+    sink.clean_temporary()
+    assert not (tmp_path / "out" / left).exists()

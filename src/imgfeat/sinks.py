@@ -323,10 +323,17 @@ class ParquetSink:
         return {n for n in self._names() if SHARD_PATTERN.match(n)}
 
     def clean_temporary(self) -> None:
-        """Remove files left half-written by a killed run."""
+        """Remove files left half-written by a killed run.
+
+        A listed file may be gone by the time it is removed: a worker of a failed engine run that
+        was still finishing renamed it into place (or another cleaner removed it); both are fine.
+        """
         for name in self._names():
             if (is_temporary(name) and imgfeat_file(name)) or name == WRITE_CHECK:
-                self.fs.rm(self._path(name))
+                try:
+                    self.fs.rm(self._path(name))
+                except FileNotFoundError:
+                    pass
 
     def write_shard(self, shard: Shard, table: pa.Table) -> dict[str, Any]:
         """Write a complete shard under a temporary name, then rename it into place.
