@@ -58,6 +58,10 @@ class DetectConfig:
             14 sample photos, 256 loses more; docs/benchmarks.md).
         keep_aspect: feed the image with its aspect ratio kept (the short side padded to a
             multiple of 128); False letterboxes it into the model's square as before.
+        objects: also store up to this many detected objects per image (the main one first,
+            then by score) in the `objects` list column, each with its box, label, score,
+            vector and code, so that search can match any of them (`index --vector objects`);
+            0 (default) stores only the main object. Each extra object costs one embedder pass.
     """
 
     model: str = "centernet-mbv3"
@@ -67,8 +71,13 @@ class DetectConfig:
     batch_size: int = 0
     input_size: int = 0
     keep_aspect: bool = True
+    objects: int = 0
 
     def __post_init__(self) -> None:
+        if self.objects < 0:
+            raise ConfigError(f"objects must be >= 0 (0: the main object only), got {self.objects}")
+        if self.objects and not self.enabled:
+            raise ConfigError("objects > 0 needs a detector: drop --no-detect or --objects")
         if self.select not in ("score", "score_area", "stable"):
             raise ConfigError(f"select must be 'score', 'score_area' or 'stable', got {self.select!r}")
         if not 0.0 <= self.score_threshold <= 1.0:

@@ -42,6 +42,37 @@ def select_main(detections: np.ndarray, threshold: float, mode: str = "score") -
     return int(np.argmax(keys))
 
 
+OBJECT_OVERLAP = 0.7  # select_objects: a box overlapping a kept one this much (IoU) is the same object
+
+
+def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Intersection over union of one (x1, y1, x2, y2, ...) box with each of (n, >=4) boxes."""
+    x1 = np.maximum(box[0], boxes[:, 0])
+    y1 = np.maximum(box[1], boxes[:, 1])
+    x2 = np.minimum(box[2], boxes[:, 2])
+    y2 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = max(float(box[2] - box[0]), 0.0) * max(float(box[3] - box[1]), 0.0)
+    areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    union = area + areas - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def select_objects(detections: np.ndarray, threshold: float, count: int, main: int | None) -> list[int]:
+    """Indices of up to `count` objects in (n, 6) detections: `main` first, then the others
+    reaching `threshold` by descending score, leaving out a box that overlaps one already kept
+    by OBJECT_OVERLAP or more (the same object found under two labels)."""
+    if main is None or count <= 0:
+        return []
+    kept = [main]
+    for i in np.argsort(-detections[:, 4], kind="stable").tolist():
+        if len(kept) >= count or detections[i, 4] < threshold:
+            break
+        if i != main and box_iou(detections[i], detections[kept]).max() < OBJECT_OVERLAP:
+            kept.append(i)
+    return kept
+
+
 def expand_box(box: np.ndarray, margin: float, width: int, height: int) -> tuple[int, int, int, int]:
     """Integer crop window around `box` with `margin` x box size on each side, inside the image,
     at least one pixel wide and high."""

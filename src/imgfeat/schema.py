@@ -18,6 +18,9 @@ One row per input, whatever happened to it:
     code       binary(bits/8)  packed binary code (big-endian bit order, numpy.packbits)
     image_embedding, image_code   the same of the whole image (equal to embedding/code when the
                         whole image was embedded); absent when extracted with whole_image off
+    objects    list<struct<box, label, score, embedding, code>>  up to K detected objects, the
+                        main one first (extract --objects K); one whole-image entry (label and
+                        score null) when nothing was detected; absent when K is 0 (the default)
     detector, embedder, hasher  string  model names (dictionary-encoded in Parquet)
 """
 
@@ -36,17 +39,32 @@ CROP_FULL_DETECT_OFF = "full:detect-off"
 
 COLUMNS = (
     "id", "path", "status", "error", "width", "height", "box", "label", "score", "crop",
-    "embedding", "code", "image_embedding", "image_code", "detector", "embedder", "hasher",
+    "embedding", "code", "image_embedding", "image_code", "objects", "detector", "embedder", "hasher",
 )
 # the vector and code columns of each kind of vector a row can hold
 VECTOR_COLUMNS = {"object": ("embedding", "code"), "image": ("image_embedding", "image_code")}
 
 
-def output_schema(dim: int, code_bytes: int, dtype: str = "float32", whole_image: bool = True) -> pa.Schema:
+def object_type(dim: int, code_bytes: int, dtype: str = "float32") -> pa.ListType:
+    """The type of the `objects` column: a list of (box, label, score, embedding, code)."""
+    value_type = pa.float16() if dtype == "float16" else pa.float32()
+    return pa.list_(pa.struct([
+        pa.field("box", pa.list_(pa.float32(), 4)),
+        pa.field("label", pa.string()),
+        pa.field("score", pa.float32()),
+        pa.field("embedding", pa.list_(value_type, dim)),
+        pa.field("code", pa.binary(code_bytes)),
+    ]))
+
+
+def output_schema(dim: int, code_bytes: int, dtype: str = "float32", whole_image: bool = True,
+                  objects: bool = False) -> pa.Schema:
     """The Arrow schema of the feature table for a given embedding size and code length."""
     value_type = pa.float16() if dtype == "float16" else pa.float32()
     image = [pa.field("image_embedding", pa.list_(value_type, dim)),
              pa.field("image_code", pa.binary(code_bytes))] if whole_image else []
+    if objects:
+        image.append(pa.field("objects", object_type(dim, code_bytes, dtype)))
     return pa.schema([
         pa.field("id", pa.string(), nullable=False),
         pa.field("path", pa.string(), nullable=False),
@@ -68,6 +86,18 @@ def output_schema(dim: int, code_bytes: int, dtype: str = "float32", whole_image
 
 
 @dataclass
+class ObjectRows:
+    """The `objects` of the rows that have features, flattened: `count[i]` entries per row."""
+
+    count: np.ndarray  # (k,) int: objects of each feature row
+    box: np.ndarray  # (m, 4) float32, full-resolution pixels
+    label: list[str | None]  # None: the whole image (nothing detected)
+    score: np.ndarray  # (m,) float32, NaN for the whole image
+    embedding: np.ndarray  # (m, dim)
+    code: np.ndarray  # (m, code_bytes) uint8
+
+
+@dataclass
 class FeatureRows:
     """The columns of the rows that have features, in batch order (what `Features` computes).
 
@@ -86,6 +116,7 @@ class FeatureRows:
     code: np.ndarray  # (k, code_bytes) uint8
     image_embedding: np.ndarray | None = None  # (k, dim): the whole image's, when stored
     image_code: np.ndarray | None = None
+    objects: ObjectRows | None = None  # with extract --objects K
 
 
 def _scatter(values: np.ndarray, index: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,6 +165,25 @@ def feature_table(ids: list[str], paths: list[str], errors: list[str | None], ro
             pa.binary(code_bytes), n, [pa.array(~empty).buffers()[1] if empty.any() else None,
                                        pa.py_buffer(dense.tobytes())])
 
+    def objects(found: ObjectRows) -> pa.Array:
+        list_type: pa.ListType = schema.field("objects").type
+        struct_type: pa.StructType = list_type.value_type
+        m = len(found.score)
+        every = np.arange(m)
+        entries = pa.StructArray.from_arrays([
+            _fixed_list(np.asarray(found.box, np.float32).reshape(m, 4), every, m, struct_type.field("box").type),
+            pa.array(found.label, pa.string()),
+            pa.array(np.asarray(found.score, np.float32), pa.float32(),
+                     mask=np.isnan(np.asarray(found.score, np.float32))),
+            _fixed_list(np.asarray(found.embedding, np_dtype).reshape(m, emb_type.list_size), every, m,
+                        struct_type.field("embedding").type),
+            pa.FixedSizeBinaryArray.from_buffers(pa.binary(code_bytes), m, [
+                None, pa.py_buffer(np.ascontiguousarray(found.code, np.uint8).tobytes())]),
+        ], fields=list(struct_type))
+        counts, empty = _scatter(np.asarray(found.count, np.int32), index, n)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+        return pa.ListArray.from_arrays(pa.array(offsets), entries, type=list_type, mask=pa.array(empty))
+
     status = [STATUS_OK if e is None else STATUS_ERROR for e in errors]
     columns = {
         "id": pa.array(ids, pa.string()),
@@ -155,4 +205,6 @@ def feature_table(ids: list[str], paths: list[str], errors: list[str | None], ro
     if "image_embedding" in schema.names:
         columns["image_embedding"] = vectors(rows.image_embedding)
         columns["image_code"] = codes(rows.image_code)
+    if "objects" in schema.names:
+        columns["objects"] = objects(rows.objects)
     return pa.Table.from_pydict(columns, schema=schema)

@@ -21,14 +21,14 @@ import numpy as np
 import pyarrow as pa
 
 from .config import DecodeConfig, PipelineConfig
-from .crop import crop, expand_box, scale_box, select_main
+from .crop import crop, expand_box, scale_box, select_main, select_objects
 from .decode import Decoded, decode_image
 from .errors import ConfigError
 from .models import create_detector, create_embedder, create_hasher
 from .models.embedders import with_views
 from .models.preprocess import RESIZE_VERSION
 from .schema import (
-    CROP_FULL_DETECT_OFF, CROP_FULL_NO_DETECTION, CROP_OBJECT, FeatureRows, feature_table, output_schema,
+    CROP_FULL_DETECT_OFF, CROP_FULL_NO_DETECTION, CROP_OBJECT, FeatureRows, ObjectRows, feature_table, output_schema,
 )
 from .sources import Item, ReadResult, Source
 from .storage import Retry
@@ -148,7 +148,8 @@ class Features:
         self.whitening = load_whitening(config.embed.whiten, self.embedder.dim) if config.embed.whiten else None
         self.dim = self.whitening.dim if self.whitening else self.embedder.dim
         self.hasher = create_hasher(config.embed.hasher, self.dim, config.embed.code_bits, config.embed.seed)
-        self.schema = output_schema(self.dim, self.hasher.bits // 8, config.embed.dtype, config.embed.whole_image)
+        self.schema = output_schema(self.dim, self.hasher.bits // 8, config.embed.dtype, config.embed.whole_image,
+                                    objects=config.detect.objects > 0)
         self.models = {
             "detector": self.detector.name if self.detector else "none",
             # whitened vectors are another embedding: rows and indexes must not mix them
@@ -190,6 +191,36 @@ class Features:
         """Packed binary codes of embeddings."""
         return self.hasher(vectors) if len(vectors) else np.zeros((0, self.hasher.bits // 8), np.uint8)
 
+    def _objects(self, good: list[int], batch: ImageBatch, detections: list, chosen: list[list[int]],
+                 main_boxes: list[np.ndarray], embeddings: np.ndarray, codes: np.ndarray,
+                 extra_vectors: np.ndarray, extra_codes: np.ndarray) -> ObjectRows:
+        """The `objects` column's entries: per image the main object (or, with nothing detected,
+        the whole image) with the vector already computed for it, then the other kept objects."""
+        rows: list[int] = []  # per entry: the row of `embeddings` (>= 0) or -1 - its extra vector
+        boxes, labels, scores = [], [], []
+        extra = 0
+        for n, (i, dets, kept) in enumerate(zip(good, detections, chosen)):
+            rows.append(n)
+            boxes.append(main_boxes[n])
+            labels.append(self._label(dets[kept[0]][5]) if kept else None)
+            scores.append(float(dets[kept[0]][4]) if kept else np.nan)
+            for j in kept[1:]:
+                rows.append(-1 - extra)
+                extra += 1
+                boxes.append(scale_box(dets[j], *batch.decoded[i].scale))
+                labels.append(self._label(dets[j][5]))
+                scores.append(float(dets[j][4]))
+        where = np.asarray(rows, dtype=np.int64)
+        from_main = where >= 0
+        vectors = np.empty((len(where), embeddings.shape[1]), embeddings.dtype)
+        object_codes = np.empty((len(where), codes.shape[1]), np.uint8)
+        vectors[from_main], object_codes[from_main] = embeddings[where[from_main]], codes[where[from_main]]
+        vectors[~from_main] = extra_vectors[-1 - where[~from_main]]
+        object_codes[~from_main] = extra_codes[-1 - where[~from_main]]
+        return ObjectRows(count=np.asarray([max(1, len(kept)) for kept in chosen], np.int32),
+                          box=np.asarray(boxes, np.float32).reshape(-1, 4), label=labels,
+                          score=np.asarray(scores, np.float32), embedding=vectors, code=object_codes)
+
     def __call__(self, batch: ImageBatch) -> pa.Table:
         good = [i for i, d in enumerate(batch.decoded) if d.error is None]
         images = [batch.decoded[i].image for i in good]
@@ -200,10 +231,16 @@ class Features:
 
         start = time.perf_counter()
         crops, boxes, labels, scores, kinds = [], [], [], [], []
+        # extract --objects K: per image, the detections kept (main first); their crops other
+        # than the main one's are embedded after the crops and whole images
+        chosen: list[list[int]] = []
+        extra_crops: list[np.ndarray] = []
         detect_cfg = self.config.detect
         for i, image, dets in zip(good, images, detections):
             decoded = batch.decoded[i]
             main = None if dets is None else select_main(dets, detect_cfg.score_threshold, detect_cfg.select)
+            chosen.append(select_objects(dets, detect_cfg.score_threshold, detect_cfg.objects, main)
+                          if dets is not None else [])
             if main is None:
                 kinds.append(CROP_FULL_DETECT_OFF if dets is None else CROP_FULL_NO_DETECTION)
                 boxes.append(np.asarray([0, 0, decoded.width, decoded.height], dtype=np.float32))
@@ -217,18 +254,25 @@ class Features:
                 scores.append(float(box[4]))
                 boxes.append(scale_box(box, *decoded.scale))
                 crops.append(crop(image, expand_box(box, detect_cfg.margin, image.shape[1], image.shape[0])))
+            extra_crops.extend(crop(image, expand_box(dets[j], detect_cfg.margin, image.shape[1], image.shape[0]))
+                               for j in chosen[-1][1:])
         self.timer.add("crop", time.perf_counter() - start)
 
         start = time.perf_counter()
         # the whole image too, where the crop was an object: one embedder pass over both
         cropped = [j for j, kind in enumerate(kinds) if kind == CROP_OBJECT] if self.config.embed.whole_image else []
-        vectors = self.embed(crops + [images[j] for j in cropped])
+        vectors = self.embed(crops + [images[j] for j in cropped] + extra_crops)
         codes = self.hash(vectors)
         embeddings, object_codes = vectors[:len(crops)], codes[:len(crops)]
         image_embeddings = image_codes = None
         if self.config.embed.whole_image:
             image_embeddings, image_codes = embeddings.copy(), object_codes.copy()
-            image_embeddings[cropped], image_codes[cropped] = vectors[len(crops):], codes[len(crops):]
+            image_embeddings[cropped] = vectors[len(crops):len(crops) + len(cropped)]
+            image_codes[cropped] = codes[len(crops):len(crops) + len(cropped)]
+        objects = None
+        if detect_cfg.objects:
+            objects = self._objects(good, batch, detections, chosen, boxes, embeddings, object_codes,
+                                    vectors[len(crops) + len(cropped):], codes[len(crops) + len(cropped):])
         self.timer.add("embed", time.perf_counter() - start)
         rows = FeatureRows(
             index=np.asarray(good, dtype=np.int64),
@@ -236,7 +280,7 @@ class Features:
             height=np.asarray([batch.decoded[i].height for i in good], dtype=np.int32),
             box=np.asarray(boxes, dtype=np.float32).reshape(-1, 4), label=labels,
             score=np.asarray(scores, dtype=np.float32), crop=kinds, embedding=embeddings, code=object_codes,
-            image_embedding=image_embeddings, image_code=image_codes)
+            image_embedding=image_embeddings, image_code=image_codes, objects=objects)
         return feature_table([item.id for item in batch.items], [item.uri for item in batch.items],
                              [d.error for d in batch.decoded], rows, self.schema, self.models)
 

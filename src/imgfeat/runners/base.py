@@ -81,7 +81,7 @@ class RunReport:
 
 # settings added after outputs already existed: left out of the fingerprint while they hold the
 # value that reproduces those outputs, so an output written before them still resumes
-_ADDED_LATER = {("detect", "input_size"): 0, ("detect", "keep_aspect"): True}
+_ADDED_LATER = {("detect", "input_size"): 0, ("detect", "keep_aspect"): True, ("detect", "objects"): 0}
 
 
 def config_fingerprint(config: PipelineConfig) -> str:
