@@ -226,3 +226,35 @@ def test_cli_ray_run_keeps_ray_data_info_logs_off_the_terminal(blob_folder_12, t
     assert done.returncode == 0, done.stderr[-2000:]
     assert "12 images" in done.stdout
     assert not re.search(r"\sINFO\s", done.stderr), done.stderr[-2000:]
+
+
+def _objects_of(frame: pd.DataFrame) -> list:
+    """Per row: (box, label, code) of each stored object, None for an error row."""
+    return [None if objects is None else [(tuple(np.round(o["box"], 2)), o["label"], bytes(o["code"]))
+                                          for o in objects]
+            for objects in frame["objects"]]
+
+
+@pytest.mark.spark
+@pytest.mark.ray
+def test_objects_column_is_the_same_on_every_engine(spark, ray_local, tmp_path):
+    """`--objects K` rows (a nested list of structs) from Spark, Ray and Spark's DataFrame API
+    equal the local runner's."""
+    from test_objects import BLUE, GREEN, RED, YELLOW, picture
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, (big, small) in enumerate([(RED, BLUE), (GREEN, YELLOW), (BLUE, GREEN)]):
+        picture(folder / f"pair{i}.png", big, small)
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    models = dict(FAST, detector="test-blobs", objects=3)
+    imgfeat.extract(folder, tmp_path / "local", shard_size=2, **models)
+    reference = read(tmp_path / "local")
+    assert sorted(len(o) if o is not None else 0 for o in reference["objects"]) == [0, 2, 2, 2]
+    for engine in ("spark", "ray"):
+        imgfeat.extract(folder, tmp_path / engine, shard_size=2, engine=engine, **models)
+        assert _objects_of(read(tmp_path / engine)) == _objects_of(reference), engine
+    df = spark.read.format("binaryFile").load(str(folder))
+    imgfeat.spark.extract(df, **models).write.parquet(str(tmp_path / "api"))
+    written = read(tmp_path / "api")
+    assert _objects_of(written) == _objects_of(reference.set_index("id").loc[written["id"]].reset_index())

@@ -126,7 +126,8 @@ def index(features: str | os.PathLike | Sequence[str | os.PathLike], output: str
     """Build a FAISS index over the ok rows of `features`, saved to `output` when given.
 
     See `imgfeat.retrieval.index.FeatureIndex.build` for kinds ("auto", "flat", "hnsw", "ivf",
-    "ivfpq") and vectors ("object": the main object's, "image": the whole image's).
+    "ivfpq") and vectors ("object": the main object's, "image": the whole image's, "objects":
+    every object of features extracted with `objects=K`, one entry each, ids "<row id>#<j>").
     `shards` > 1 builds that many parts one at a time into `output` (required), so memory holds
     one part (see `imgfeat.retrieval.sharded`); the result is searched like a single index.
     """

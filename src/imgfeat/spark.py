@@ -22,28 +22,35 @@ from .runners.tasks import with_threads
 from .schema import output_schema
 
 
-def spark_output_schema(dtype: str = "float32", whole_image: bool = True) -> Any:
-    """The output schema as Spark types: fixed-size lists become arrays, fixed binary binary.
+def spark_output_schema(dtype: str = "float32", whole_image: bool = True, objects: bool = False) -> Any:
+    """The output schema as Spark types: fixed-size lists become arrays, fixed binary binary
+    (inside the `objects` column's structs too).
 
     Spark has no 16-bit float, so float16 embeddings are widened to float32 here.
     """
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    return from_arrow_schema(_spark_arrow_schema(output_schema(1, 1, dtype, whole_image)))
+    return from_arrow_schema(_spark_arrow_schema(output_schema(1, 1, dtype, whole_image, objects)))
+
+
+def _spark_arrow_type(kind: Any) -> Any:
+    import pyarrow as pa
+
+    if pa.types.is_fixed_size_list(kind):
+        return pa.list_(pa.float32())
+    if pa.types.is_fixed_size_binary(kind):
+        return pa.binary()
+    if pa.types.is_list(kind):
+        return pa.list_(_spark_arrow_type(kind.value_type))
+    if pa.types.is_struct(kind):
+        return pa.struct([pa.field(f.name, _spark_arrow_type(f.type), f.nullable) for f in kind])
+    return kind
 
 
 def _spark_arrow_schema(schema: Any) -> Any:
     import pyarrow as pa
 
-    fields = []
-    for field in schema:
-        kind = field.type
-        if pa.types.is_fixed_size_list(kind):
-            kind = pa.list_(pa.float32())
-        elif pa.types.is_fixed_size_binary(kind):
-            kind = pa.binary()
-        fields.append(pa.field(field.name, kind, field.nullable))
-    return pa.schema(fields)
+    return pa.schema([pa.field(field.name, _spark_arrow_type(field.type), field.nullable) for field in schema])
 
 
 def _batch_function(config: PipelineConfig, columns: TableColumns) -> Callable:
@@ -101,7 +108,8 @@ def extract(df: Any, path_col: str | None = None, content_col: str | None = None
 
     with quiet_pandas_warning():
         return df.select(*wanted).mapInArrow(_batch_function(config, columns),
-                                             spark_output_schema(config.embed.dtype, config.embed.whole_image))
+                                             spark_output_schema(config.embed.dtype, config.embed.whole_image,
+                                                                 config.detect.objects > 0))
 
 
 __all__ = ["extract", "spark_output_schema"]

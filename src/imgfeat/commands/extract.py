@@ -71,6 +71,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "centernet-mbv3, which takes multiples of 128; smaller is faster and misses small objects)")
     g.add_argument("--detect-square", action="store_true",
                    help="letterbox into the detector's square input instead of keeping the aspect ratio")
+    g.add_argument("--objects", type=int, default=d_det.objects, metavar="K",
+                   help="also store up to K detected objects per image (main first) with their own vectors in an "
+                        "objects list column, for `index --vector objects` (default 0: the main object only; "
+                        "each extra object costs one embedder pass)")
     g.add_argument("--no-image-vector", action="store_true",
                    help="store only the main object's vector, not also the whole image's (image_embedding)")
     g.add_argument("--dtype", choices=("float32", "float16"), default=d_emb.dtype, help="embedding storage type")
@@ -139,7 +143,7 @@ def _extract(args: argparse.Namespace) -> int:
     options = dict(
         detector="none" if args.no_detect else args.detector, embedder=args.embedder,
         score_threshold=args.score_threshold, select=args.select, margin=args.margin,
-        detect_input_size=args.detect_size, keep_aspect=not args.detect_square,
+        detect_input_size=args.detect_size, keep_aspect=not args.detect_square, objects=args.objects,
         dtype=args.dtype, whole_image=not args.no_image_vector, code_bits=args.code_bits,
         # absolute paths: search and serve read the hash and whitening files again from the
         # manifest, from whatever folder they run in

@@ -33,9 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="float index kind (default auto)")
     p.add_argument("--add", action="store_true", help="add SOURCE's rows to the existing index at -o")
     p.add_argument("--remove", nargs="+", metavar="ID", help="delete these ids from the index SOURCE")
-    p.add_argument("--vector", choices=("auto", "object", "image"), default="auto",
+    p.add_argument("--vector", choices=("auto", "object", "image", "objects"), default="auto",
                    help="index the main objects' vectors (the same product elsewhere; the default unless "
-                        "the features were extracted with --no-detect) or the whole images' (copies)")
+                        "the features were extracted with --no-detect), the whole images' (copies), or every "
+                        "stored object of features extracted with --objects K (a search matches any of them)")
     p.add_argument("--shards", type=int, default=1, metavar="N",
                    help="build N parts, one at a time, from groups of the feature files (memory holds one "
                         "part); search, serve and --remove use them together (default 1: one index)")
@@ -79,7 +80,8 @@ def _index(args: argparse.Namespace) -> int:
         else:
             index = FeatureIndex.build(args.source, kind=args.kind, codes=not args.no_codes, vector=args.vector)
             index.save(args.output)
-        message = (f"indexed {len(index)} {'image' if index.crop == 'whole-image' else 'object'} vectors "
+        what = {"whole-image": "image", "objects": "object (every stored object)"}.get(index.crop, "object")
+        message = (f"indexed {len(index)} {what} vectors "
                    f"({index.kind}, {index.dim}-d"
                    + (f", {index.code_bytes * 8}-bit codes" if index.code_bytes else "")
                    + (f", {args.shards} parts" if args.shards > 1 else "")

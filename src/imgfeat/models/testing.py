@@ -2,6 +2,8 @@
 
 - "test-blob" detector: one box around the pixels that differ from the border colour
   (a coloured object on a plain background), score 0.9; nothing on a plain image.
+- "test-blobs" detector: one box per colour that differs from the border colour (several
+  objects), score 0.5 + 0.4 x its share of the coloured pixels (the largest is the main one).
 - "test-tiny" embedder: the crop downsampled to 8x8, times a seeded random matrix, 64-d.
 """
 
@@ -36,6 +38,26 @@ class BlobDetector:
         return results
 
 
+class BlobsDetector(BlobDetector):
+    name = "test-blobs"
+
+    def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        results = []
+        for image in images:
+            border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).astype(np.int16)
+            background = np.median(border, axis=0)
+            mask = np.abs(image.astype(np.int16) - background).max(axis=2) > self.threshold
+            colours, which = np.unique(image[mask].reshape(-1, 3) // 32, axis=0, return_inverse=True)
+            ys, xs = np.nonzero(mask)
+            boxes = []
+            for colour in range(len(colours)):
+                mine = which.reshape(-1) == colour
+                boxes.append([xs[mine].min(), ys[mine].min(), xs[mine].max() + 1, ys[mine].max() + 1,
+                              0.5 + 0.4 * mine.sum() / max(1, mask.sum()), 0])
+            results.append(np.asarray(boxes, dtype=np.float32).reshape(-1, 6))
+        return results
+
+
 class TinyEmbedder:
     name = "test-tiny"
     digest = "test"
@@ -54,6 +76,11 @@ class TinyEmbedder:
 @register_detector("test-blob", description="finds one coloured box on white (tests only)")
 def _blob(**kwargs) -> BlobDetector:
     return BlobDetector(**{k: v for k, v in kwargs.items() if k == "threshold"})
+
+
+@register_detector("test-blobs", description="one box per coloured region on white (tests only)")
+def _blobs(**kwargs) -> BlobsDetector:
+    return BlobsDetector(**{k: v for k, v in kwargs.items() if k == "threshold"})
 
 
 @register_embedder("test-tiny", description="8x8 thumbnail times a seeded random matrix, 64-d (tests only)")

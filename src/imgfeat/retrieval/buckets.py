@@ -464,7 +464,7 @@ def prepare(source: Any, threshold: float, representative: str, reviews: Any, ve
     """
     from ..dataset import open_features
     from .groups import USING, check_arguments, resolve_vector, review_records
-    from .index import VECTORS, vector_columns
+    from ..dataset import VECTORS, vector_columns
 
     check_arguments(threshold, representative)
     if vector not in VECTORS + ("auto",):

@@ -29,18 +29,14 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..dataset import (
-    READ_BATCH_ROWS, VECTORS, FeatureDataset, code_matrix, crop_kind, embedding_matrix, open_features, sample_vectors,
-    vector_columns,
-)
+from ..dataset import READ_BATCH_ROWS, FeatureDataset, code_matrix, crop_kind, embedding_matrix, open_features
 from ..errors import ConfigError, SourceError
-from ..schema import STATUS_OK
-from .id_table import IdTable, meta_columns
+from .entries import check_holds, count_entries, index_crop, iter_entries, row_id, sample_entries
+from .id_table import IdTable, as_id_list, meta_columns
 from .faiss_kinds import MIN_TRAIN_VECTORS, choose_kind, faiss_module, get_kind, new_binary_index
 from .index_files import FORMAT_VERSION, IndexParts, read_index_folder, write_index_folder
 
 HNSW_REBUILD_RATIO = 0.3  # rebuild an HNSW graph once this share of its vectors is removed
-READ_COLUMNS = ["id", "path", "width", "height", "box", "label", "score", "crop"]
 
 
 # --- the index ------------------------------------------------------------------------------
@@ -67,7 +63,9 @@ class FeatureIndex:
                  sources: list[str] | None = None, created: str | None = None, crop: str = "object"):
         self.kind = kind
         self._kind = get_kind(kind)
-        self.crop = crop  # "object" (main-object vectors) or "whole-image" (--no-detect)
+        # "object" (main-object vectors), "whole-image" (the whole image's) or "objects" (every
+        # stored object, ids "<row id>#<j>": entries.py)
+        self.crop = crop
         self.dim = dim
         self.code_bytes = code_bytes
         self.models = dict(models)
@@ -80,6 +78,7 @@ class FeatureIndex:
         self._ids = IdTable(meta, next_label)
         self._removed = np.zeros(0, np.int64) if removed is None else np.asarray(removed, np.int64)
         self._selector: Any = None
+        self._rows: dict[str, list[str]] | None = None  # objects index: row id -> its entries
         self._reindex()
 
     # --- construction ---------------------------------------------------------------------
@@ -99,9 +98,10 @@ class FeatureIndex:
                 nlist, nprobe, pq_m, pq_bits).
             batch_rows: rows read at a time (bounds memory).
             seed: seed of the training sample (ivf/ivfpq).
-            vector: "object" (the main object's vector: the same product in other photos) or
-                "image" (the whole image's: near-duplicate copies), or "auto" (default): the
-                object's, or the image's for features extracted with --no-detect.
+            vector: "object" (the main object's vector: the same product in other photos),
+                "image" (the whole image's: near-duplicate copies), "objects" (every object of
+                features extracted with --objects K: a search matches any of them), or "auto"
+                (default): the object's, or the image's for features extracted with --no-detect.
 
         Returns:
             FeatureIndex
@@ -112,12 +112,9 @@ class FeatureIndex:
         """
         if kind != "auto":
             get_kind(kind)
-        if vector not in VECTORS + ("auto",):
-            raise ConfigError(f"vector must be one of {', '.join(VECTORS)} or auto, got {vector!r}")
         dataset = open_features(features)
-        crop = crop_kind(dataset) if vector == "auto" else "object" if vector == "object" else "whole-image"
-        columns = vector_columns(dataset, crop)
-        count = dataset.count(STATUS_OK)
+        crop = index_crop(dataset, vector)
+        count = count_entries(dataset, crop)
         if not count:
             raise SourceError(f"{dataset.location} has no rows with status ok to index")
         dim = dataset.dim
@@ -129,8 +126,7 @@ class FeatureIndex:
             if count < MIN_TRAIN_VECTORS:
                 raise ConfigError(f"a {kind} index needs at least {MIN_TRAIN_VECTORS} vectors to train, "
                                   f"these features have {count}: use --kind flat")
-            float_index.train(sample_vectors(dataset, columns[0], dim, count, min(count, chosen["nlist"] * 64),
-                                               seed))
+            float_index.train(sample_entries(dataset, crop, dim, count, min(count, chosen["nlist"] * 64), seed))
         index = cls(kind, dim, code_bytes, dataset.models, dataset.config, chosen, float_index,
                     new_binary_index(code_bytes) if code_bytes else None, None, 0, crop=crop)
         index._add_dataset(dataset, batch_rows)
@@ -194,7 +190,7 @@ class FeatureIndex:
             raise ConfigError(f"{dataset.location} holds whole-image vectors (extracted with --no-detect) but "
                               "this index holds main-object vectors: they answer different questions; build a "
                               "separate index")
-        vector_columns(dataset, self.crop)
+        check_holds(dataset, self.crop)
         for role in ("embedder", "hasher"):
             mine, theirs = self.models.get(role), dataset.models.get(role)
             if role == "hasher" and not self.code_bytes:
@@ -213,22 +209,21 @@ class FeatureIndex:
 
     def _add_dataset(self, dataset: FeatureDataset, batch_rows: int) -> tuple[int, int]:
         added = skipped = 0
-        vector, code = vector_columns(dataset, self.crop)
-        columns = READ_COLUMNS + [vector] + ([code] if self.code_bytes else [])
-        for batch in dataset.iter_batches(columns, status=STATUS_OK, batch_rows=batch_rows):
+        for batch in iter_entries(dataset, self.crop, codes=bool(self.code_bytes), batch_rows=batch_rows):
             batch_ids = batch.column("id").to_pylist()
             rows, duplicates = self._ids.new_rows(batch_ids)
             skipped += duplicates
             if not len(rows):
                 continue
             labels = self._ids.append(batch_ids, meta_columns(batch), rows)
-            vectors = embedding_matrix(batch.column(vector), self.dim)[rows]
+            vectors = embedding_matrix(batch.column("embedding"), self.dim)[rows]
             faiss_module().normalize_L2(vectors)  # float16 storage and rounding leave norms slightly off 1
             self._float.add_with_ids(vectors, labels)
             if self._binary is not None:
-                codes = code_matrix(batch.column(code), self.code_bytes)
+                codes = code_matrix(batch.column("code"), self.code_bytes)
                 self._binary.add_with_ids(np.ascontiguousarray(codes[rows]), labels)
             added += len(rows)
+        self._rows = None
         if dataset.location not in self.sources:
             self.sources.append(dataset.location)
         return added, skipped
@@ -237,16 +232,18 @@ class FeatureIndex:
         """Delete ids from the index.
 
         Args:
-            ids: the ids to delete.
+            ids: the ids to delete (of an objects index: row ids, each deleting all its objects,
+                or single "<row id>#<j>" entries).
             missing_ok: ignore ids that are not there instead of raising.
 
         Returns:
-            The number of ids removed.
+            The number of entries removed.
 
         Raises:
             UnknownId: an id is not in the index (unless `missing_ok`).
         """
-        labels = self._ids.drop(ids, missing_ok)
+        labels = self._ids.drop(self.expand_ids(ids), missing_ok)
+        self._rows = None
         if not len(labels):
             return 0
         if self._kind.filters_removed:
@@ -295,8 +292,25 @@ class FeatureIndex:
                 f"code_bits={self.code_bytes * 8}, embedder={self.models.get('embedder')!r})")
 
     def contains(self, item_id: str) -> bool:
-        """Whether `item_id` is in the index."""
-        return item_id in self._ids
+        """Whether `item_id` is in the index (of an objects index: an entry, or a row with entries)."""
+        return item_id in self._ids or (self.crop == "objects" and item_id in self._object_rows())
+
+    def _object_rows(self) -> dict[str, list[str]]:
+        if self._rows is None:
+            rows: dict[str, list[str]] = {}
+            for entry in self.ids():
+                rows.setdefault(row_id(entry), []).append(entry)
+            self._rows = rows
+        return self._rows
+
+    def expand_ids(self, ids: Iterable[str] | str) -> list[str]:
+        """The entries of ids: themselves, except that an objects index turns a row id into the
+        ids of its objects ("<row id>#0", ...). Unknown ids pass through unchanged."""
+        ids = as_id_list(ids)
+        if self.crop != "objects":
+            return ids
+        rows = self._object_rows()
+        return [entry for item_id in ids for entry in rows.get(item_id, [item_id])]
 
     def ids(self) -> list[str]:
         """Every id in the index, in the order they were added."""
@@ -334,7 +348,12 @@ class FeatureIndex:
             else np.zeros((0, self.code_bytes), np.uint8)
 
     def metadata(self, ids: Iterable[str] | str) -> list[dict[str, Any] | None]:
-        """Metadata of ids (id, path, box, label, score, width, height, crop); None if not there."""
+        """Metadata of ids (id, path, box, label, score, width, height, crop); None if not there.
+        Of an objects index, a row id gives its main object's."""
+        ids = as_id_list(ids)
+        if self.crop == "objects":
+            rows = self._object_rows()
+            ids = [rows.get(item_id, [item_id])[0] for item_id in ids]
         return self._ids.metadata(ids)
 
     def iter_vectors(self, chunk_rows: int = READ_BATCH_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -20,6 +20,7 @@ from collections import OrderedDict
 from typing import Any, Sequence
 
 import numpy as np
+import pyarrow.compute as pc
 
 from ..config import DecodeConfig, DetectConfig, EmbedConfig, PipelineConfig, RunConfig
 from ..decode import Decoded, decode_image
@@ -28,6 +29,7 @@ from ..sources import Item
 from ..schema import VECTOR_COLUMNS
 from ..stages import Features, ImageBatch
 from ..storage import ReadFailure, read_bytes
+from .entries import best_per_row
 from .index import FeatureIndex
 
 RESULT_COLUMNS = ("query", "id", "path", "score", "rank", "box", "label", "error")
@@ -124,7 +126,9 @@ def query_features(index: FeatureIndex) -> Features:
     if features is None:
         config = query_config(index.config)
         if index.crop == "whole-image":  # whole-image vectors: a query needs no detection
-            config = dataclasses.replace(config, detect=dataclasses.replace(config.detect, model="none"))
+            config = dataclasses.replace(config, detect=dataclasses.replace(config.detect, model="none", objects=0))
+        elif index.crop == "object":  # one vector per query: its other objects are not searched
+            config = dataclasses.replace(config, detect=dataclasses.replace(config.detect, objects=0))
         features = Features(config)
         _QUERY_FEATURES[key] = features
         while len(_QUERY_FEATURES) > _KEEP_FEATURES:
@@ -201,9 +205,8 @@ def search(index: FeatureIndex, images: Sequence[str | bytes | os.PathLike] | No
         good = [i for i, e in enumerate(errors) if e is None]
         if using == "code":
             _check_hasher(index, table.column("hasher")[0].as_py() if table.num_rows else None)
-        queries = _query_values(table, good, using, index)
-        results = _search(index, queries, k, using) if good else ([], [])
-        found = dict(zip(good, zip(*results))) if good else {}
+        queries, owners = query_values(table, good, using, index)
+        found = dict(zip(good, search_rows(index, queries, owners, len(good), k, using)))
         for i, label in enumerate(labels):
             if errors[i] is not None:
                 rows.append({"query": label, "id": None, "path": None, "score": np.nan, "rank": None,
@@ -212,13 +215,13 @@ def search(index: FeatureIndex, images: Sequence[str | bytes | os.PathLike] | No
                 rows.extend(_rows(index, label, *found[i]))
     if ids:
         ids = [str(i) for i in ids]
-        queries = index.vectors(ids) if using == "embedding" else index.codes(ids)
-        scores, neighbours = _search(index, queries, k + 1 if exclude_self else k, using)
-        for query_id, row_scores, row_ids in zip(ids, scores, neighbours):
-            if exclude_self:
-                pairs = [(s, n) for s, n in zip(row_scores, row_ids) if n != query_id][:k]
-                row_scores, row_ids = [p[0] for p in pairs], [p[1] for p in pairs]
-            rows.extend(_rows(index, query_id, row_scores, row_ids))
+        entries = [index.expand_ids([i]) for i in ids]
+        flat = [e for group in entries for e in group]
+        queries = index.vectors(flat) if using == "embedding" else index.codes(flat)
+        owners = np.repeat(np.arange(len(ids)), [len(group) for group in entries])
+        found = search_rows(index, queries, owners, len(ids), k, using, exclude=ids if exclude_self else None)
+        for query_id, result in zip(ids, found):
+            rows.extend(_rows(index, query_id, *result))
     frame = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
     frame["rank"] = frame["rank"].astype("Int64")
     frame["score"] = frame["score"].astype("float64")
@@ -239,14 +242,22 @@ def query_columns(table: Any, index: FeatureIndex) -> tuple[str, str]:
     return VECTOR_COLUMNS["object"]
 
 
-def _query_values(table: Any, good: list[int], using: str, index: FeatureIndex) -> np.ndarray:
-    vector, code = query_columns(table, index)
+def query_values(table: Any, good: list[int], using: str, index: FeatureIndex) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors or codes, the position in `good` each came from): one per query image, or one per
+    object of each query image for an index of objects."""
+    if index.crop == "objects" and "objects" in table.column_names:
+        objects = table.column("objects").take(good).combine_chunks()
+        owners = pc.list_parent_indices(objects).to_numpy()
+        found = pc.list_flatten(objects)
+        column = found.field("embedding" if using == "embedding" else "code")
+    else:
+        owners = np.arange(len(good))
+        vector, code = query_columns(table, index)
+        column = table.column(vector if using == "embedding" else code).take(good).combine_chunks()
     if using == "embedding":
-        column = table.column(vector).take(good)
-        values = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        return values.reshape(len(good), -1).astype(np.float32)
-    codes = table.column(code).take(good).to_pylist()
-    return np.frombuffer(b"".join(codes), np.uint8).reshape(len(good), -1)
+        values = column.flatten().to_numpy(zero_copy_only=False)
+        return values.reshape(len(owners), -1).astype(np.float32), owners
+    return np.frombuffer(b"".join(column.to_pylist()), np.uint8).reshape(len(owners), -1), owners
 
 
 def _search(index: FeatureIndex, queries: np.ndarray, k: int, using: str) -> tuple[Any, Any]:
@@ -259,9 +270,31 @@ def _search(index: FeatureIndex, queries: np.ndarray, k: int, using: str) -> tup
     return similarities, neighbours
 
 
-def _rows(index: FeatureIndex, query: str, scores: Any, neighbours: Sequence[str | None]) -> list[dict[str, Any]]:
-    found = [(float(s), n) for s, n in zip(scores, neighbours) if n is not None]
-    metadata = index.metadata([n for _, n in found])
-    return [{"query": query, "id": n, "path": m["path"], "score": s, "rank": rank,
+def search_rows(index: FeatureIndex, queries: np.ndarray, owners: np.ndarray, count: int, k: int, using: str,
+                 exclude: Sequence[str] | None = None) -> list[tuple[list[float], list[str], list[str]]]:
+    """Per query (0..count-1): (scores, row ids, matched entries) of its k best rows. `owners`
+    says which query each row of `queries` belongs to; an objects index's rows score their best
+    pair of objects (entries.best_per_row). `exclude`: per query, a row id to leave out."""
+    if not count:
+        return []
+    per_row = max(1, int((index.config.get("detect") or {}).get("objects") or 1)) if index.crop == "objects" else 1
+    fetch = (k + (1 if exclude else 0)) * per_row  # enough entries for k rows even if each row matches K times
+    scores, neighbours = _search(index, queries, fetch, using) if len(queries) else ([], [])
+    out = []
+    for query in range(count):
+        mine = np.flatnonzero(owners == query)
+        best_scores, row_ids, entries = best_per_row([scores[r] for r in mine], [neighbours[r] for r in mine],
+                                                     fetch, objects=index.crop == "objects")
+        kept = [j for j, r in enumerate(row_ids) if exclude is None or r != exclude[query]][:k]
+        out.append(([best_scores[j] for j in kept], [row_ids[j] for j in kept], [entries[j] for j in kept]))
+    return out
+
+
+def _rows(index: FeatureIndex, query: str, scores: Sequence[float], row_ids: Sequence[str],
+          entries: Sequence[str]) -> list[dict[str, Any]]:
+    """Result rows; the metadata (path, box, label) is the matched entry's: of an objects index,
+    the object that matched."""
+    metadata = index.metadata(list(entries))
+    return [{"query": query, "id": r, "path": m["path"], "score": float(s), "rank": rank,
              "box": m["box"], "label": m["label"], "error": None}
-            for rank, ((s, n), m) in enumerate(zip(found, metadata), start=1)]
+            for rank, (s, r, m) in enumerate(zip(scores, row_ids, metadata), start=1)]

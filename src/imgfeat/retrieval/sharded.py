@@ -34,10 +34,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..dataset import READ_BATCH_ROWS, VECTORS, FeatureDataset, crop_kind, open_features, sample_vectors, \
-    vector_columns
+from ..dataset import READ_BATCH_ROWS, FeatureDataset, open_features
 from ..errors import ConfigError, ImgfeatError, SourceError
-from ..schema import STATUS_OK
+from .entries import count_entries, index_crop, sample_entries
 from .faiss_kinds import MIN_TRAIN_VECTORS, choose_kind, faiss_module, get_kind, new_binary_index
 from .id_table import as_id_list, unknown_ids
 from .index import FeatureIndex
@@ -109,13 +108,10 @@ def build_sharded(features: str | os.PathLike | Sequence[str | os.PathLike], out
     faiss = faiss_module()
     if kind != "auto":
         get_kind(kind)
-    if vector not in VECTORS + ("auto",):
-        raise ConfigError(f"vector must be one of {', '.join(VECTORS)} or auto, got {vector!r}")
     dataset = open_features(features)
     groups = split_files(dataset, shards)
-    crop = crop_kind(dataset) if vector == "auto" else "object" if vector == "object" else "whole-image"
-    columns = vector_columns(dataset, crop)
-    counts = [dataclasses.replace(dataset, files=group).count(STATUS_OK) for group in groups]
+    crop = index_crop(dataset, vector)
+    counts = [count_entries(dataclasses.replace(dataset, files=group), crop) for group in groups]
     count = sum(counts)
     if not count:
         raise SourceError(f"{dataset.location} has no rows with status ok to index")
@@ -129,7 +125,7 @@ def build_sharded(features: str | os.PathLike | Sequence[str | os.PathLike], out
             raise ConfigError(f"a {kind} index needs at least {MIN_TRAIN_VECTORS} vectors to train, "
                               f"these features have {count}: use --kind flat")
         # one quantiser for every part, trained on a sample of all of them
-        trained.train(sample_vectors(dataset, columns[0], dim, count, min(count, chosen["nlist"] * 64), seed))
+        trained.train(sample_entries(dataset, crop, dim, count, min(count, chosen["nlist"] * 64), seed))
     path = check_index_target(output)
     tmp = temporary_folder(path)
     parts = []
@@ -319,6 +315,17 @@ class ShardedIndex:
     def contains(self, item_id: str) -> bool:
         """Whether `item_id` is in any part."""
         return any(part.contains(item_id) for part in self._each())
+
+    def expand_ids(self, ids: Iterable[str] | str) -> list[str]:
+        """The entries of ids (see `FeatureIndex.expand_ids`; a row's objects are all in one part)."""
+        ids = as_id_list(ids)
+        if self.crop != "objects":
+            return ids
+        holders = self._holders(ids)
+        out: list[str] = []
+        for item_id, number in zip(ids, holders.tolist()):
+            out.extend(self._part(number).expand_ids([item_id]) if number >= 0 else [item_id])
+        return out
 
     def ids(self) -> list[str]:
         """Every id, part by part (builds the whole list: large for a large index)."""

@@ -17,20 +17,18 @@ file name or content type: the bytes are sniffed by the decoder.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 
 from ..config import PipelineConfig
 from ..decode import Decoded, decode_image
 from ..errors import ConfigError
 from ..dataset import embedding_matrix
-from ..retrieval.search import query_config
+from ..retrieval.search import query_config, query_values, search_rows
 from ..sources import Item
 from ..stages import Features, ImageBatch
 from ..thumbs import ThumbnailError, thumbnail_of
@@ -156,9 +154,13 @@ class SearchService:
         self.index = index
         self.config = config or ServeConfig()
         self.pipeline = pipeline_config_for(index.config, self.config)
-        if getattr(index, "crop", "object") == "whole-image":  # whole-image vectors: no detection for uploads
+        crop = getattr(index, "crop", "object")
+        if crop == "whole-image":  # whole-image vectors: no detection for uploads
             self.pipeline = dataclasses.replace(
-                self.pipeline, detect=dataclasses.replace(self.pipeline.detect, model="none"))
+                self.pipeline, detect=dataclasses.replace(self.pipeline.detect, model="none", objects=0))
+        elif crop == "object":  # one vector per upload
+            self.pipeline = dataclasses.replace(self.pipeline, detect=dataclasses.replace(self.pipeline.detect,
+                                                                                          objects=0))
         self.features = Features(self.pipeline)
         if self.features.dim != index.dim:
             raise ConfigError(f"the index holds {index.dim}-d vectors but embedder "
@@ -226,17 +228,18 @@ class SearchService:
             })
         searching = [i for i, job in enumerate(jobs) if job.k > 0 and "error" not in results[i]]
         if searching:
-            k = max(jobs[i].k for i in searching)
-            scores, ids = self.index.search(np.ascontiguousarray(embeddings[searching], np.float32), k=k)
-            hits = [[(item_id, float(score)) for item_id, score in zip(ids[row], scores[row])
-                     if item_id is not None and not math.isnan(float(score))][:jobs[i].k]
-                    for row, i in enumerate(searching)]
+            # an objects index: each upload searches with every object found in it
+            queries, owners = query_values(table, searching, "embedding", self.index)
+            found = search_rows(self.index, queries, owners, len(searching), max(jobs[i].k for i in searching),
+                                "embedding")
+            hits = [list(zip(row_ids, scores, entries))[:jobs[i].k]
+                    for (scores, row_ids, entries), i in zip(found, searching)]
             # one metadata lookup for the whole batch: each call has a fixed cost
-            wanted = list(dict.fromkeys(item_id for row in hits for item_id, _ in row))
+            wanted = list(dict.fromkeys(entry for row in hits for _, _, entry in row))
             metadata = dict(zip(wanted, self.index.metadata(wanted))) if wanted else {}
             for row, i in enumerate(searching):
-                neighbours = [{"id": item_id, "score": score, **public_metadata(metadata[item_id])}
-                              for item_id, score in hits[row]]
+                neighbours = [{"id": item_id, "score": score, **public_metadata(metadata[entry])}
+                              for item_id, score, entry in hits[row]]
                 results[i] = {"query": results[i], "k": jobs[i].k, "results": neighbours}
         return results
 
