@@ -195,31 +195,29 @@ class Features:
                  main_boxes: list[np.ndarray], embeddings: np.ndarray, codes: np.ndarray,
                  extra_vectors: np.ndarray, extra_codes: np.ndarray) -> ObjectRows:
         """The `objects` column's entries: per image the main object (or, with nothing detected,
-        the whole image) with the vector already computed for it, then the other kept objects."""
-        rows: list[int] = []  # per entry: the row of `embeddings` (>= 0) or -1 - its extra vector
-        boxes, labels, scores = [], [], []
+        the whole image) with the vector already computed for it, then its other kept objects,
+        whose vectors are `extra_vectors` in order."""
+        boxes, labels, scores, vectors, object_codes = [], [], [], [], []
         extra = 0
         for n, (i, dets, kept) in enumerate(zip(good, detections, chosen)):
-            rows.append(n)
             boxes.append(main_boxes[n])
             labels.append(self._label(dets[kept[0]][5]) if kept else None)
             scores.append(float(dets[kept[0]][4]) if kept else np.nan)
+            vectors.append(embeddings[n])
+            object_codes.append(codes[n])
             for j in kept[1:]:
-                rows.append(-1 - extra)
-                extra += 1
                 boxes.append(scale_box(dets[j], *batch.decoded[i].scale))
                 labels.append(self._label(dets[j][5]))
                 scores.append(float(dets[j][4]))
-        where = np.asarray(rows, dtype=np.int64)
-        from_main = where >= 0
-        vectors = np.empty((len(where), embeddings.shape[1]), embeddings.dtype)
-        object_codes = np.empty((len(where), codes.shape[1]), np.uint8)
-        vectors[from_main], object_codes[from_main] = embeddings[where[from_main]], codes[where[from_main]]
-        vectors[~from_main] = extra_vectors[-1 - where[~from_main]]
-        object_codes[~from_main] = extra_codes[-1 - where[~from_main]]
+                vectors.append(extra_vectors[extra])
+                object_codes.append(extra_codes[extra])
+                extra += 1
+        dim, width = embeddings.shape[1], codes.shape[1]
         return ObjectRows(count=np.asarray([max(1, len(kept)) for kept in chosen], np.int32),
                           box=np.asarray(boxes, np.float32).reshape(-1, 4), label=labels,
-                          score=np.asarray(scores, np.float32), embedding=vectors, code=object_codes)
+                          score=np.asarray(scores, np.float32),
+                          embedding=np.asarray(vectors, embeddings.dtype).reshape(-1, dim),
+                          code=np.asarray(object_codes, np.uint8).reshape(-1, width))
 
     def __call__(self, batch: ImageBatch) -> pa.Table:
         good = [i for i, d in enumerate(batch.decoded) if d.error is None]
