@@ -176,9 +176,11 @@ def test_pipeline_on_an_arrow_table_matches_the_runner(blob_folder, tmp_path):
                       "content": [Path(p).read_bytes() for p in expected.path]})
     config = imgfeat.PipelineConfig.from_options(**FAST_MODELS)
     got = Pipeline(config)(table).to_pandas().sort_values("id").reset_index(drop=True)
-    pd.testing.assert_frame_equal(expected.drop(columns=["embedding"]), got.drop(columns=["embedding"]))
+    vectors = ["embedding", "image_embedding"]
+    pd.testing.assert_frame_equal(expected.drop(columns=vectors), got.drop(columns=vectors))
     # batch composition changes float summation order, nothing more
-    assert np.allclose(np.stack(expected.embedding), np.stack(got.embedding), atol=1e-5)
+    for column in vectors:
+        assert np.allclose(np.stack(expected[column]), np.stack(got[column]), atol=1e-5)
 
 
 def test_cli_extract_and_info(mixed_folder, tmp_path, capsys):

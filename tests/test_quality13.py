@@ -173,7 +173,7 @@ def test_flip_views_average_an_image_and_its_mirror(varied_folder):
 
 
 def test_scaled_views_need_a_free_input_size():
-    with pytest.raises(ConfigError, match="ONNX embedder"):
+    with pytest.raises(ConfigError, match="fixed input size"):
         MultiViewEmbedder(create_embedder("test-tiny"), scales=(1.0, 0.71))
     with pytest.raises(ConfigError, match="scales"):
         PipelineConfig.from_options(scales=(0.0,), **FAST_MODELS)

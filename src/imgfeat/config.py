@@ -120,6 +120,12 @@ class EmbedConfig:
         whole_image: also store the whole image's vector and code (`image_embedding`,
             `image_code`) beside the main object's: the one near-duplicate search and dedup
             use. Costs one more embedder input per image whose main object was cropped.
+        image_aspect: embed whole images (the whole-image vector, and the crop when nothing is
+            detected or detection is off) with their aspect ratio kept: the short side at the
+            input size, the long side up to 2x it, instead of stretched to a square. Needs an
+            embedder that takes any input size (the default does; a fixed-size one stretches, and
+            the manifest's model_digests.preprocess says which). On the 61 evaluation photos:
+            near-duplicate top-1 0.986 -> 0.993, mAP 0.991 -> 0.996 (docs/quality.md).
         scales: input-size factors whose vectors are averaged per crop, e.g. (1, 0.71);
             factors other than 1 need an embedder with a free input size ("mobilenet-v2-gem").
         flip: also average each view's mirror image (2x the embedder's work).
@@ -134,6 +140,7 @@ class EmbedConfig:
     seed: int = 0
     batch_size: int = 0
     whole_image: bool = True
+    image_aspect: bool = True
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
     whiten: str | None = None
@@ -288,6 +295,13 @@ class RunConfig:
     def retry(self) -> Retry:
         """The retry policy of reads."""
         return Retry(attempts=self.retries, wait=self.retry_wait)
+
+
+# settings added after outputs already existed, with the value that reproduces those outputs:
+# left out of the config fingerprint while they hold it (so an output written before them still
+# resumes), and assumed where a recorded config lacks them (queries against an older index)
+ADDED_LATER = {("detect", "input_size"): 0, ("detect", "keep_aspect"): True, ("detect", "objects"): 0,
+               ("embed", "image_aspect"): False}
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from .crop import crop, expand_box, scale_box, select_main, select_objects
 from .decode import Decoded, decode_image
 from .errors import ConfigError
 from .models import create_detector, create_embedder, create_hasher
-from .models.embedders import with_views
+from .models.embedders import whole_image_embedder, with_views
 from .models.preprocess import RESIZE_VERSION
 from .schema import (
     CROP_FULL_DETECT_OFF, CROP_FULL_NO_DETECTION, CROP_OBJECT, FeatureRows, ObjectRows, feature_table, output_schema,
@@ -33,6 +33,9 @@ from .schema import (
 from .sources import Item, ReadResult, Source
 from .storage import Retry
 from .whitening import load_whitening
+
+
+IMAGE_ASPECT_VERSION = "+image-aspect"  # the preprocess marker's suffix when whole images keep their aspect
 
 
 def error_kind(reason: str) -> str:
@@ -142,8 +145,12 @@ class Features:
                   "runtime": config.run.runtime, "precision": config.run.precision}
         # min_score: the detector may skip what select_main would ignore
         self.detector = _detector(config, kwargs) if config.detect.enabled else None
-        self.embedder = with_views(create_embedder(config.embed.model, **kwargs), config.embed.scales,
-                                   config.embed.flip)
+        base = create_embedder(config.embed.model, **kwargs)
+        self.embedder = with_views(base, config.embed.scales, config.embed.flip)
+        # whole images at their own aspect ratio, where the embedder takes any size (else None:
+        # stretched like the crops); the manifest's preprocess says which
+        self.image_embedder = (whole_image_embedder(base, config.embed.scales, config.embed.flip)
+                               if config.embed.image_aspect else None)
         # the stored vectors: the embedder's, or whitened to the whitening's (smaller) size
         self.whitening = load_whitening(config.embed.whiten, self.embedder.dim) if config.embed.whiten else None
         self.dim = self.whitening.dim if self.whitening else self.embedder.dim
@@ -160,7 +167,8 @@ class Features:
             "detector": getattr(self.detector, "digest", None),
             "embedder": getattr(self.embedder, "digest", None),
             "runtime": getattr(self.embedder, "runtime", None),  # what ran the models, for the manifest
-            "preprocess": RESIZE_VERSION,  # how images were resized for the models
+            # how images were resized for the models
+            "preprocess": RESIZE_VERSION + (IMAGE_ASPECT_VERSION if self.image_embedder else ""),
         }
         if self.whitening:
             self.digests["whitening"] = self.whitening.digest
@@ -180,10 +188,13 @@ class Features:
             out.extend(self.detector(images[i:i + size]))
         return out
 
-    def embed(self, crops: list[np.ndarray]) -> np.ndarray:
-        """L2-normalised embeddings of the crops (whitened, with a whitening), in embedder-sized batches."""
+    def embed(self, crops: list[np.ndarray], whole: bool = False) -> np.ndarray:
+        """L2-normalised embeddings of the crops (whitened, with a whitening), in embedder-sized
+        batches; `whole`: they are whole images (embedded at their own aspect ratio when the
+        embedder allows it)."""
+        embedder = self.image_embedder if whole and self.image_embedder is not None else self.embedder
         size = self.config.embed_batch_size
-        parts = [self.embedder(crops[i:i + size]) for i in range(0, len(crops), size)]
+        parts = [embedder(crops[i:i + size]) for i in range(0, len(crops), size)]
         vectors = np.concatenate(parts) if parts else np.zeros((0, self.embedder.dim), np.float32)
         return self.whitening(vectors) if self.whitening else vectors
 
@@ -257,20 +268,29 @@ class Features:
         self.timer.add("crop", time.perf_counter() - start)
 
         start = time.perf_counter()
-        # the whole image too, where the crop was an object: one embedder pass over both
-        cropped = [j for j, kind in enumerate(kinds) if kind == CROP_OBJECT] if self.config.embed.whole_image else []
-        vectors = self.embed(crops + [images[j] for j in cropped] + extra_crops)
-        codes = self.hash(vectors)
-        embeddings, object_codes = vectors[:len(crops)], codes[:len(crops)]
+        # object crops (and the other kept objects) in one pass, whole images in another: those
+        # without an object, and with whole_image every image
+        object_rows = [n for n, kind in enumerate(kinds) if kind == CROP_OBJECT]
+        whole_rows = [n for n, kind in enumerate(kinds) if kind != CROP_OBJECT or self.config.embed.whole_image]
+        crop_vectors = self.embed([crops[n] for n in object_rows] + extra_crops)
+        crop_codes = self.hash(crop_vectors)
+        whole_vectors = self.embed([images[n] for n in whole_rows], whole=True)
+        whole_codes = self.hash(whole_vectors)
+        embeddings = np.zeros((len(kinds), self.dim), np.float32)
+        object_codes = np.zeros((len(kinds), self.hasher.bits // 8), np.uint8)
+        embeddings[object_rows], object_codes[object_rows] = crop_vectors[:len(object_rows)], \
+            crop_codes[:len(object_rows)]
+        by_whole = {n: j for j, n in enumerate(whole_rows)}
+        for n, kind in enumerate(kinds):
+            if kind != CROP_OBJECT:  # the whole image was the crop
+                embeddings[n], object_codes[n] = whole_vectors[by_whole[n]], whole_codes[by_whole[n]]
         image_embeddings = image_codes = None
         if self.config.embed.whole_image:
-            image_embeddings, image_codes = embeddings.copy(), object_codes.copy()
-            image_embeddings[cropped] = vectors[len(crops):len(crops) + len(cropped)]
-            image_codes[cropped] = codes[len(crops):len(crops) + len(cropped)]
+            image_embeddings, image_codes = whole_vectors, whole_codes
         objects = None
         if detect_cfg.objects:
             objects = self._objects(good, batch, detections, chosen, boxes, embeddings, object_codes,
-                                    vectors[len(crops) + len(cropped):], codes[len(crops) + len(cropped):])
+                                    crop_vectors[len(object_rows):], crop_codes[len(object_rows):])
         self.timer.add("embed", time.perf_counter() - start)
         rows = FeatureRows(
             index=np.asarray(good, dtype=np.int64),

@@ -77,6 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "each extra object costs one embedder pass)")
     g.add_argument("--no-image-vector", action="store_true",
                    help="store only the main object's vector, not also the whole image's (image_embedding)")
+    g.add_argument("--image-square", action="store_true",
+                   help="stretch whole images to the embedder's square input, as before 0.1.0's aspect change "
+                        "(default: keep their aspect ratio, long side up to 2x the short one)")
     g.add_argument("--dtype", choices=("float32", "float16"), default=d_emb.dtype, help="embedding storage type")
     g.add_argument("--code-bits", type=int, default=d_emb.code_bits, help=f"binary code length (default {d_emb.code_bits})")
     g.add_argument("--hash", default=d_emb.hasher, metavar="HASH",
@@ -144,7 +147,7 @@ def _extract(args: argparse.Namespace) -> int:
         detector="none" if args.no_detect else args.detector, embedder=args.embedder,
         score_threshold=args.score_threshold, select=args.select, margin=args.margin,
         detect_input_size=args.detect_size, keep_aspect=not args.detect_square, objects=args.objects,
-        dtype=args.dtype, whole_image=not args.no_image_vector, code_bits=args.code_bits,
+        dtype=args.dtype, whole_image=not args.no_image_vector, image_aspect=not args.image_square, code_bits=args.code_bits,
         # absolute paths: search and serve read the hash and whitening files again from the
         # manifest, from whatever folder they run in
         hasher=args.hash if args.hash == "rproj" else os.path.abspath(args.hash), batch_size=args.batch_size,

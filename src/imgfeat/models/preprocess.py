@@ -116,6 +116,19 @@ def to_tensor(images: list[np.ndarray], spec: InputSpec) -> np.ndarray:
     return out
 
 
+MAX_ASPECT = 2.0  # aspect_size: longer sides are cut to this many times the short side
+
+
+def aspect_size(height: int, width: int, side: int, max_ratio: float = MAX_ASPECT) -> tuple[int, int]:
+    """(height, width) of an image resized with its aspect ratio kept: the short side `side`, the
+    long side `side` x the image's ratio (at most `max_ratio`), both multiples of 32 (the
+    embedder's stride, so its feature map covers the image exactly)."""
+    ratio = min(max(height, width) / max(1, min(height, width)), max_ratio)
+    short = max(32, int(round(side / 32.0)) * 32)
+    long = max(short, int(round(short * ratio / 32.0)) * 32)
+    return (long, short) if height > width else (short, long)
+
+
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (zero rows stay zero)."""
     vectors = np.asarray(vectors, dtype=np.float32)

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow.compute as pc
 
-from ..config import DecodeConfig, DetectConfig, EmbedConfig, PipelineConfig, RunConfig
+from ..config import ADDED_LATER, DecodeConfig, DetectConfig, EmbedConfig, PipelineConfig, RunConfig
 from ..decode import Decoded, decode_image
 from ..errors import ConfigError
 from ..sources import Item
@@ -36,9 +36,15 @@ RESULT_COLUMNS = ("query", "id", "path", "score", "rank", "box", "label", "error
 USING = ("embedding", "code")
 
 
-def _known(cls: type, values: dict[str, Any] | None) -> dict[str, Any]:
+def _known(cls: type, values: dict[str, Any] | None, stage: str = "") -> dict[str, Any]:
+    """The recorded settings `cls` knows; those added since, at the value of the time."""
     names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in (values or {}).items() if k in names}
+    known = {k: v for k, v in (values or {}).items() if k in names}
+    if values is not None:
+        for (where, name), then in ADDED_LATER.items():
+            if where == stage and name not in known:
+                known[name] = then
+    return known
 
 
 def query_config(index_config: dict[str, Any], device: str | None = None, threads: int = 0,
@@ -75,7 +81,7 @@ def query_config(index_config: dict[str, Any], device: str | None = None, thread
         run["precision"] = precision
     if not (runtime or precision or device):
         _fall_back_where_unavailable(run)
-    embed = _known(EmbedConfig, index_config.get("embed"))
+    embed = _known(EmbedConfig, index_config.get("embed"), "embed")
     hasher = embed.get("hasher", "rproj")
     if hasher != "rproj" and not os.path.exists(hasher):
         # a learned hash file that is not on this machine: float search does not need it, and
@@ -83,7 +89,7 @@ def query_config(index_config: dict[str, Any], device: str | None = None, thread
         embed["hasher"] = "rproj"
     return PipelineConfig(
         decode=DecodeConfig(**_known(DecodeConfig, index_config.get("decode"))),
-        detect=DetectConfig(**_known(DetectConfig, index_config.get("detect"))),
+        detect=DetectConfig(**_known(DetectConfig, index_config.get("detect"), "detect")),
         embed=EmbedConfig(**embed),
         run=RunConfig(**run),
     )

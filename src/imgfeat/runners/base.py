@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from .._version import __version__
-from ..config import PipelineConfig
+from ..config import ADDED_LATER, PipelineConfig
 from ..errors import ConfigError, OutputError, TooManyErrors
 from ..sinks import ParquetSink, Shard
 from ..sources import Item, Source
@@ -79,15 +79,12 @@ class RunReport:
                 "output_rows": self.output_rows, "output_failed": self.output_failed}
 
 
-# settings added after outputs already existed: left out of the fingerprint while they hold the
-# value that reproduces those outputs, so an output written before them still resumes
-_ADDED_LATER = {("detect", "input_size"): 0, ("detect", "keep_aspect"): True, ("detect", "objects"): 0}
 
 
 def config_fingerprint(config: PipelineConfig) -> str:
     """What must match for a resumed run to continue an output: everything that shapes rows."""
     relevant = {k: v for k, v in config.to_dict().items() if k != "run"}
-    for (stage, name), default in _ADDED_LATER.items():
+    for (stage, name), default in ADDED_LATER.items():
         if relevant[stage].get(name) == default:
             relevant[stage] = {k: v for k, v in relevant[stage].items() if k != name}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
