@@ -25,6 +25,7 @@ if [ $# -ne 1 ]; then
 fi
 OUT=$(mkdir -p "$1/variants" && cd "$1" && pwd)
 PYTHON=${PYTHON:-python3}
+case $PYTHON in */*) [[ $PYTHON = /* ]] || PYTHON=$PWD/$PYTHON ;; esac  # the script changes folder
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
