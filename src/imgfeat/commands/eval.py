@@ -90,7 +90,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _eval(args: argparse.Namespace) -> int:
     import sys
 
-    from ..evaluate import EvalSettings, format_table, run_neardup
+    from ..eval_report import format_table
+    from ..evaluate import EvalSettings, run_neardup
 
     settings = EvalSettings(
         photos=args.photos, detector="none" if args.no_detect else args.detector, embedder=args.embedder,
