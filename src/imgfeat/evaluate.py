@@ -15,11 +15,16 @@ Each method ranks the whole database for every query:
     phash/dhash/whash/ahash    Hamming distance / 64 of imagehash's 64-bit hashes of the images
 With `vectors=("object", "image")` every float and code method runs on both of the pipeline's
 vectors from the same pass: the main object's (`embedding`; keys as above) and the whole image's
-(`image_embedding`; keys "image/float", "image/rproj-256", ...).
+(`image_embedding`; keys "image/float", "image/rproj-256", ...). "objects" scores the sets of up
+to `objects` K objects per image (`extract --objects K`; object_sets): every prefix K' = 1..K of
+the lists, each image compared with each item through every pair of their objects, "max" (the
+closest pair) and "chamfer" (the query's objects' mean closest match); keys "objects3-max/float",
+"objects3-chamfer/float", "objects3-max/rproj-256" (codes: the closest pair's Hamming distance).
 
 The same-object task (`same_object` > 0; neardup_data.build_same_object): the main objects of a
 few photos pasted into other photos; a paste's relevant items are the other pastes of its object,
-the pastes of other objects into the same backgrounds are the distractors. Both vectors are scored.
+the pastes of other objects into the same backgrounds are the distractors. Both vectors are scored,
+and the object sets when asked for.
 
 Learned codes are trained in folds so no query is coded by a hash that saw its photo: the
 photos are split in `folds` groups; for each, a hash is trained on random crops of the other
@@ -52,8 +57,10 @@ from .neardup_data import (
     PERCEPTUAL, Benchmark, PipelineEmbedder, SameObject, build_benchmark, build_same_object, load_photos, load_variants,
     perceptual_hashes,
 )
+from .object_sets import REDUCTIONS, object_set_distances, objects_per_image, set_results
 
-VECTORS = ("object", "image")
+VECTORS = ("object", "image", "objects")
+SINGLE = ("object", "image")  # one vector per image (the rest of the benchmark: codes, whitening, learned hashes)
 # result-key prefix of each vector: the object vector keeps the unprefixed keys it always had
 PREFIX = {"object": "", "image": "image/"}
 # imagededup's default for 64-bit perceptual hashes: max_distance_threshold=10
@@ -86,8 +93,11 @@ class EvalSettings:
             whitening fitted per fold on the other photos' training crops and views (like the
             learned codes), as "pcaw-<dim>"; and plain PCA to that size as "pca-<dim>".
         whiten_power: the whitening's variance exponent (whitening.fit_whitening).
-        vectors: which of the pipeline's vectors to score: "object" (`embedding`), "image"
-            (`image_embedding`), or both, side by side from the same pass.
+        vectors: which of the pipeline's vectors to score, side by side from the same pass:
+            "object" (`embedding`), "image" (`image_embedding`), "objects" (the `objects` sets;
+            floats and rproj codes only).
+        objects: with "objects": the most objects per image (`extract --objects K`); every
+            prefix 1..K is scored.
         same_object: objects in the same-object task (0: no task); each pasted into
             `same_object_pastes` backgrounds.
     """
@@ -110,12 +120,16 @@ class EvalSettings:
     whiten_dims: tuple[int, ...] = ()
     whiten_power: float = 0.5
     vectors: tuple[str, ...] = ("object",)
+    objects: int = 3
     same_object: int = 0
     same_object_pastes: int = 4
 
     def __post_init__(self) -> None:
         if not self.vectors or set(self.vectors) - set(VECTORS):
             raise ConfigError(f"vectors must be some of {', '.join(VECTORS)}, got {list(self.vectors)}")
+        if "objects" in self.vectors and (self.objects < 1 or self.detector == "none"):
+            raise ConfigError(f"the objects vector needs a detector and objects >= 1 (got {self.objects}, "
+                              f"detector {self.detector!r}): drop --no-detect, or 'objects' from --vectors")
         if self.same_object < 0 or (self.same_object and self.same_object_pastes < 2):
             raise ConfigError("same_object must be >= 0 objects with >= 2 pastes each")
         unknown = set(self.methods) - set(CODE_METHODS)
@@ -241,7 +255,10 @@ def run_neardup(settings: EvalSettings, log: Callable[[str], None] = lambda mess
     extras, variants = load_variants(settings.photos, names)
     if settings.folds > len(photos):
         raise ConfigError(f"folds ({settings.folds}) must not exceed the number of photos ({len(photos)})")
-    encoder = PipelineEmbedder(settings.detector, settings.embedder, scales=settings.scales, flip=settings.flip)
+    object_count = settings.objects if "objects" in settings.vectors else 0
+    encoder = PipelineEmbedder(settings.detector, settings.embedder, scales=settings.scales, flip=settings.flip,
+                               objects=object_count)
+    single = [v for v in settings.vectors if v in SINGLE]
     # distractors avoid each photo's main object, found by the eval's detector (the default one
     # when detection is off, so both variants get the same benchmark; only its boxes are used,
     # so the tiny test embedder spares an embedding pass)
@@ -259,12 +276,22 @@ def run_neardup(settings: EvalSettings, log: Callable[[str], None] = lambda mess
     seconds["embed_benchmark"] = time.perf_counter() - t
     results: dict[str, dict[str, Any]] = {}
     code_threshold = settings.code_threshold
-    for vector in settings.vectors:
+    for vector in single:
         prefix = PREFIX[vector]
         query_vectors, database_vectors = query_encoded.vectors(vector), database_encoded.vectors(vector)
         results[f"{prefix}float"] = {"bits": 32 * encoder.dim, **_score(
             cosine_distances(query_vectors, database_vectors), benchmark, 1.0 - settings.threshold, settings.seed,
             misses=True)}
+    object_counts = None
+    if object_count:
+        rproj_bits = settings.bits if "rproj" in settings.methods else ()
+        results.update(set_results(
+            query_encoded.objects, database_encoded.objects, object_count, rproj_bits, settings.seed,
+            lambda distances, bits, is_code: {"bits": bits, **_score(
+                distances, benchmark, code_threshold if is_code else 1.0 - settings.threshold, settings.seed,
+                misses=not is_code)}))
+        object_counts = {"queries": objects_per_image(query_encoded.objects, object_count),
+                         "database": objects_per_image(database_encoded.objects, object_count)}
 
     t = time.perf_counter()
     for method in settings.perceptual:
@@ -274,7 +301,7 @@ def run_neardup(settings: EvalSettings, log: Callable[[str], None] = lambda mess
     seconds["perceptual_hashes"] = time.perf_counter() - t
 
     if "rproj" in settings.methods:
-        for vector in settings.vectors:
+        for vector in single:
             query_vectors, database_vectors = query_encoded.vectors(vector), database_encoded.vectors(vector)
             for bits in settings.bits:
                 hasher = RandomProjectionHasher(encoder.dim, bits, settings.seed)
@@ -284,7 +311,7 @@ def run_neardup(settings: EvalSettings, log: Callable[[str], None] = lambda mess
 
     learned = [m for m in settings.methods if m != "rproj"]
     skipped: dict[str, str] = {}
-    if learned or settings.whiten_dims:
+    if (learned or settings.whiten_dims) and single:
         rng = np.random.default_rng(settings.seed + 1)
         fold_of_photo = rng.permutation(len(photos)) % settings.folds
         # the fold of every database item a query may point at: photos as drawn, extra originals
@@ -297,13 +324,12 @@ def run_neardup(settings: EvalSettings, log: Callable[[str], None] = lambda mess
         for fold in range(settings.folds):
             train_photos = [p for p, f in zip(photos, fold_of_photo) if f != fold]
             t = time.perf_counter()
-            training = _training_set(train_photos, encoder, settings.train_crops, settings.views, rng,
-                                     settings.vectors)
+            training = _training_set(train_photos, encoder, settings.train_crops, settings.views, rng, single)
             seconds["embed_training"] = seconds.get("embed_training", 0.0) + time.perf_counter() - t
             log(f"fold {fold + 1}/{settings.folds}: training on {len(train_photos)} photos, "
-                f"{len(training[settings.vectors[0]][0])} crops x {settings.views} views")
+                f"{len(training[single[0]][0])} crops x {settings.views} views")
             query_rows = np.flatnonzero(fold_of_item[benchmark.query_photo] == fold)
-            for vector in settings.vectors:
+            for vector in single:
                 prefix = PREFIX[vector]
                 train_vectors, train_views = training[vector]
                 query_vectors, database_vectors = query_encoded.vectors(vector), database_encoded.vectors(vector)
@@ -366,17 +392,20 @@ def run_neardup(settings: EvalSettings, log: Callable[[str], None] = lambda mess
         report["counts"].update({"extra_originals": len(extras), "variants": len(variants)})
     if same_object is not None:
         report["same_object"] = same_object
+    if object_counts is not None:
+        report["objects"] = {"k": object_count, **object_counts}
     # the larger evaluation's targets (issue 13 item 4): the whole-image vector is the
     # default dedup representation; with detection off the "object" vector is the whole image
     whole = "image/" if "image" in settings.vectors else ("" if settings.detector == "none" else None)
     objects = "" if "object" in settings.vectors and settings.detector != "none" else None
-    report["targets"] += check_larger_targets(results, same_object, whole, objects)
+    report["targets"] += check_larger_targets(results, same_object, whole, objects, object_count)
     return report
 
 
 def run_same_object(task: SameObject, encoder: PipelineEmbedder, settings: EvalSettings) -> dict[str, Any]:
-    """Score both vectors (floats and random-projection codes) on the same-object task: every
-    paste ranks all the other pastes; relevant are those of its object.
+    """Score both vectors (floats and random-projection codes) on the same-object task, and the
+    object sets (all K objects of each paste) when the encoder stores them: every paste ranks all
+    the other pastes; relevant are those of its object.
 
     Returns:
         counts, the objects' and backgrounds' photo names, and per method ("float",
@@ -396,13 +425,19 @@ def run_same_object(task: SameObject, encoder: PipelineEmbedder, settings: EvalS
         results[key] = {"bits": bits, "top1": float(first.mean()),
                         "map": mean_average_precision(distances, relevant, settings.seed)}
 
-    for vector in VECTORS:  # both, always: the task compares them
+    for vector in SINGLE:  # both, always: the task compares them
         vectors = encoded.vectors(vector)
         score(f"{PREFIX[vector]}float", cosine_distances(vectors, vectors), 32 * encoder.dim)
         if "rproj" in settings.methods:
             for bits in settings.bits:
                 codes = RandomProjectionHasher(encoder.dim, bits, settings.seed)(vectors)
                 score(f"{PREFIX[vector]}rproj-{bits}", hamming_distances(codes, codes), bits)
+    if encoded.objects is not None:  # the encoder stores object sets: "objects" was asked for
+        rproj_bits = settings.bits if "rproj" in settings.methods else ()
+        for k in range(1, encoder.config.detect.objects + 1):
+            for key, (distances, bits) in object_set_distances(encoded.objects, encoded.objects, k, REDUCTIONS,
+                                                               rproj_bits, settings.seed).items():
+                score(f"objects{k}-{key}", distances, bits)
     return {"counts": {"objects": len(task.sources), "pastes": len(task.images),
                        "backgrounds": len(task.backgrounds)},
             "objects": task.sources, "backgrounds": task.backgrounds, "results": results}
