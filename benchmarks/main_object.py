@@ -77,7 +77,7 @@ def main() -> None:
     vectors = dict(zip(wanted, features.embed(crops))) if crops else {}
     results = {}
     for mode in SELECT_MODES:
-        flips, cosines, compared = 0, [], 0
+        flips, cosines, compared, one_sided = 0, [], 0, 0
         by_edit: dict[str, list[int]] = {}
         lost = np.zeros(args.objects, np.int64)  # lost[k - 1]: copies whose first k objects miss it
         lost_by_edit: dict[str, list[np.ndarray]] = {}
@@ -86,8 +86,9 @@ def main() -> None:
             if ia is None and not kept:
                 continue
             compared += 1
-            if ia is None or not kept:
+            if ia is None or not kept:  # an object found in one of the two only: no K brings it back
                 flipped, missing = True, np.ones(args.objects, bool)
+                one_sided += 1
             else:
                 ib = kept[0]
                 found = np.asarray([da[ia, 5] == db[j, 5] and float(np.dot(vectors[(n, 0, ia)], vectors[(n, 1, j)]))
@@ -104,6 +105,7 @@ def main() -> None:
             by_edit.setdefault(name, []).append(int(flipped))
             lost_by_edit.setdefault(name, []).append(missing)
         results[mode] = {"pairs": compared, "flips": int(flips), "flip_rate": flips / max(compared, 1),
+                         "one_sided": one_sided,
                          "median_object_cosine": float(np.median(cosines)) if cosines else None,
                          "flip_rate_by_edit": {k: float(np.mean(v)) for k, v in sorted(by_edit.items())},
                          "set_lost": {str(k + 1): int(lost[k]) for k in range(args.objects)},
@@ -120,11 +122,11 @@ def main() -> None:
     print(f"\nthe original's main object lost from the copy's first K objects (same label, cosine >= "
           f"{SAME_OBJECT_COSINE}); K = 1 is the flip rate")
     ks = [str(k) for k in range(1, args.objects + 1)]
-    print("| rule | " + " | ".join(f"lost, K={k}" for k in ks) + " | " + " | ".join(f"{e} (K={ks[-1]})" for e in edits)
+    print("| rule | one-sided | " + " | ".join(f"lost, K={k}" for k in ks) + " | " + " | ".join(f"{e} (K={ks[-1]})" for e in edits)
           + " |")
-    print("|---|" + "---:|" * (len(ks) + len(edits)))
+    print("|---|---:|" + "---:|" * (len(ks) + len(edits)))
     for mode, r in results.items():
-        print(f"| {mode} | " + " | ".join(f"{r['set_lost_rate'][k]:.3f}" for k in ks) + " | "
+        print(f"| {mode} | {r['one_sided']} | " + " | ".join(f"{r['set_lost_rate'][k]:.3f}" for k in ks) + " | "
               + " | ".join(f"{r['set_lost_rate_by_edit'][e][ks[-1]]:.2f}" for e in edits) + " |")
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -172,6 +172,7 @@ def test_eval_run_with_object_sets(tmp_path, two_objects):
     assert counts["k"] == 2
     for side in ("queries", "database"):
         assert counts[side]["mean_objects"]["1"] == 1.0 and counts[side]["mean_objects"]["2"] > 1.0
+    assert report["same_object"]["counts"]["objects_per_paste"]["mean_objects"]["1"] == 1.0
     task = report["same_object"]["results"]
     assert {"float", "image/float", "objects2-max/float", "objects2-chamfer/float", "objects2-max/rproj-32"} <= set(task)
     assert task["objects1-max/float"] == task["float"]

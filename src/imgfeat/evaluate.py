@@ -432,12 +432,12 @@ def run_same_object(task: SameObject, encoder: PipelineEmbedder, settings: EvalS
             for bits in settings.bits:
                 codes = RandomProjectionHasher(encoder.dim, bits, settings.seed)(vectors)
                 score(f"{PREFIX[vector]}rproj-{bits}", hamming_distances(codes, codes), bits)
+    counts = {"objects": len(task.sources), "pastes": len(task.images), "backgrounds": len(task.backgrounds)}
     if encoded.objects is not None:  # the encoder stores object sets: "objects" was asked for
+        counts["objects_per_paste"] = objects_per_image(encoded.objects, encoder.config.detect.objects)
         rproj_bits = settings.bits if "rproj" in settings.methods else ()
         for k in range(1, encoder.config.detect.objects + 1):
             for key, (distances, bits) in object_set_distances(encoded.objects, encoded.objects, k, REDUCTIONS,
                                                                rproj_bits, settings.seed).items():
                 score(f"objects{k}-{key}", distances, bits)
-    return {"counts": {"objects": len(task.sources), "pastes": len(task.images),
-                       "backgrounds": len(task.backgrounds)},
-            "objects": task.sources, "backgrounds": task.backgrounds, "results": results}
+    return {"counts": counts, "objects": task.sources, "backgrounds": task.backgrounds, "results": results}
