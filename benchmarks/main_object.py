@@ -122,8 +122,8 @@ def main() -> None:
     print(f"\nthe original's main object lost from the copy's first K objects (same label, cosine >= "
           f"{SAME_OBJECT_COSINE}); K = 1 is the flip rate")
     ks = [str(k) for k in range(1, args.objects + 1)]
-    print("| rule | one-sided | " + " | ".join(f"lost, K={k}" for k in ks) + " | " + " | ".join(f"{e} (K={ks[-1]})" for e in edits)
-          + " |")
+    print("| rule | one-sided | " + " | ".join(f"lost, K={k}" for k in ks) + " | "
+          + " | ".join(f"{e} (K={ks[-1]})" for e in edits) + " |")
     print("|---|---:|" + "---:|" * (len(ks) + len(edits)))
     for mode, r in results.items():
         print(f"| {mode} | {r['one_sided']} | " + " | ".join(f"{r['set_lost_rate'][k]:.3f}" for k in ks) + " | "

@@ -174,7 +174,8 @@ def test_eval_run_with_object_sets(tmp_path, two_objects):
         assert counts[side]["mean_objects"]["1"] == 1.0 and counts[side]["mean_objects"]["2"] > 1.0
     assert report["same_object"]["counts"]["objects_per_paste"]["mean_objects"]["1"] == 1.0
     task = report["same_object"]["results"]
-    assert {"float", "image/float", "objects2-max/float", "objects2-chamfer/float", "objects2-max/rproj-32"} <= set(task)
+    assert {"float", "image/float", "objects2-max/float", "objects2-chamfer/float",
+            "objects2-max/rproj-32"} <= set(task)
     assert task["objects1-max/float"] == task["float"]
     names = {t["target"] for t in report["targets"]}
     assert "objects2-max/float (the object sets) top-1 >= 0.97" in names

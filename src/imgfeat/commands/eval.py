@@ -82,8 +82,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"whitening variance exponent (default {d.whiten_power})")
     p.add_argument("--vectors", type=_names, default=d.vectors,
                    help="which vectors to score, comma-separated: object (embedding), image (image_embedding), "
-                        f"objects (each image's detected objects, as extract --objects K stores them) (default {','.join(d.vectors)}); image/ prefixes the whole "
-                        "image's result keys, objects<K>-<max|chamfer>/ the object sets'")
+                        "objects (each image's detected objects, as extract --objects K stores them) "
+                        f"(default {','.join(d.vectors)}); image/ prefixes the whole image's result keys, "
+                        "objects<K>-<max|chamfer>/ the object sets'")
     p.add_argument("--objects", type=int, default=d.objects, metavar="K",
                    help=f"with --vectors ...,objects: up to K objects per image, prefixes 1..K scored "
                         f"(default {d.objects})")
