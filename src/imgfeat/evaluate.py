@@ -15,11 +15,16 @@ Each method ranks the whole database for every query:
     phash/dhash/whash/ahash    Hamming distance / 64 of imagehash's 64-bit hashes of the images
 With `vectors=("object", "image")` every float and code method runs on both of the pipeline's
 vectors from the same pass: the main object's (`embedding`; keys as above) and the whole image's
-(`image_embedding`; keys "image/float", "image/rproj-256", ...).
+(`image_embedding`; keys "image/float", "image/rproj-256", ...). "objects" scores the sets of up
+to `objects` K objects per image (`extract --objects K`; object_sets): every prefix K' = 1..K of
+the lists, each image compared with each item through every pair of their objects, "max" (the
+closest pair) and "chamfer" (the query's objects' mean closest match); keys "objects3-max/float",
+"objects3-chamfer/float", "objects3-max/rproj-256" (codes: the closest pair's Hamming distance).
 
 The same-object task (`same_object` > 0; neardup_data.build_same_object): the main objects of a
 few photos pasted into other photos; a paste's relevant items are the other pastes of its object,
-the pastes of other objects into the same backgrounds are the distractors. Both vectors are scored.
+the pastes of other objects into the same backgrounds are the distractors. Both vectors are scored,
+and the object sets when asked for.
 
 Learned codes are trained in folds so no query is coded by a hash that saw its photo: the
 photos are split in `folds` groups; for each, a hash is trained on random crops of the other
@@ -27,7 +32,7 @@ photos and their augmented views (hashtrain.box_views) and codes that group's qu
 whole database). Ties in distance are broken at random (seeded), so long runs of equal
 Hamming distances neither help nor hurt a method on average.
 
-Metrics (metric functions are pure and reusable):
+Metrics (metric functions are pure and reusable; the targets and the table: eval_report):
     top-1      share of queries whose nearest database item is their photo
     mAP        mean average precision (one relevant item: mean of 1 / its rank)
     precision/recall   over all (query, database) pairs within the dedup threshold
@@ -44,6 +49,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import ConfigError
+from .eval_report import CODE_METHODS, check_larger_targets, check_targets
 from .metrics import (
     best_f1, cosine_distances, hamming_distances, mean_average_precision, precision_recall, rank_order,
 )
@@ -51,9 +57,10 @@ from .neardup_data import (
     PERCEPTUAL, Benchmark, PipelineEmbedder, SameObject, build_benchmark, build_same_object, load_photos, load_variants,
     perceptual_hashes,
 )
+from .object_sets import REDUCTIONS, object_set_distances, objects_per_image, set_results
 
-CODE_METHODS = ("rproj", "itq", "deepbit")
-VECTORS = ("object", "image")
+VECTORS = ("object", "image", "objects")
+SINGLE = ("object", "image")  # one vector per image (the rest of the benchmark: codes, whitening, learned hashes)
 # result-key prefix of each vector: the object vector keeps the unprefixed keys it always had
 PREFIX = {"object": "", "image": "image/"}
 # imagededup's default for 64-bit perceptual hashes: max_distance_threshold=10
@@ -86,8 +93,11 @@ class EvalSettings:
             whitening fitted per fold on the other photos' training crops and views (like the
             learned codes), as "pcaw-<dim>"; and plain PCA to that size as "pca-<dim>".
         whiten_power: the whitening's variance exponent (whitening.fit_whitening).
-        vectors: which of the pipeline's vectors to score: "object" (`embedding`), "image"
-            (`image_embedding`), or both, side by side from the same pass.
+        vectors: which of the pipeline's vectors to score, side by side from the same pass:
+            "object" (`embedding`), "image" (`image_embedding`), "objects" (the `objects` sets;
+            floats and rproj codes only).
+        objects: with "objects": the most objects per image (`extract --objects K`); every
+            prefix 1..K is scored.
         same_object: objects in the same-object task (0: no task); each pasted into
             `same_object_pastes` backgrounds.
     """
@@ -110,12 +120,16 @@ class EvalSettings:
     whiten_dims: tuple[int, ...] = ()
     whiten_power: float = 0.5
     vectors: tuple[str, ...] = ("object",)
+    objects: int = 3
     same_object: int = 0
     same_object_pastes: int = 4
 
     def __post_init__(self) -> None:
         if not self.vectors or set(self.vectors) - set(VECTORS):
             raise ConfigError(f"vectors must be some of {', '.join(VECTORS)}, got {list(self.vectors)}")
+        if "objects" in self.vectors and (self.objects < 1 or self.detector == "none"):
+            raise ConfigError(f"the objects vector needs a detector and objects >= 1 (got {self.objects}, "
+                              f"detector {self.detector!r}): drop --no-detect, or 'objects' from --vectors")
         if self.same_object < 0 or (self.same_object and self.same_object_pastes < 2):
             raise ConfigError("same_object must be >= 0 objects with >= 2 pastes each")
         unknown = set(self.methods) - set(CODE_METHODS)
@@ -241,7 +255,10 @@ def run_neardup(settings: EvalSettings, log: Callable[[str], None] = lambda mess
     extras, variants = load_variants(settings.photos, names)
     if settings.folds > len(photos):
         raise ConfigError(f"folds ({settings.folds}) must not exceed the number of photos ({len(photos)})")
-    encoder = PipelineEmbedder(settings.detector, settings.embedder, scales=settings.scales, flip=settings.flip)
+    object_count = settings.objects if "objects" in settings.vectors else 0
+    encoder = PipelineEmbedder(settings.detector, settings.embedder, scales=settings.scales, flip=settings.flip,
+                               objects=object_count)
+    single = [v for v in settings.vectors if v in SINGLE]
     # distractors avoid each photo's main object, found by the eval's detector (the default one
     # when detection is off, so both variants get the same benchmark; only its boxes are used,
     # so the tiny test embedder spares an embedding pass)
@@ -259,12 +276,22 @@ def run_neardup(settings: EvalSettings, log: Callable[[str], None] = lambda mess
     seconds["embed_benchmark"] = time.perf_counter() - t
     results: dict[str, dict[str, Any]] = {}
     code_threshold = settings.code_threshold
-    for vector in settings.vectors:
+    for vector in single:
         prefix = PREFIX[vector]
         query_vectors, database_vectors = query_encoded.vectors(vector), database_encoded.vectors(vector)
         results[f"{prefix}float"] = {"bits": 32 * encoder.dim, **_score(
             cosine_distances(query_vectors, database_vectors), benchmark, 1.0 - settings.threshold, settings.seed,
             misses=True)}
+    object_counts = None
+    if object_count:
+        rproj_bits = settings.bits if "rproj" in settings.methods else ()
+        results.update(set_results(
+            query_encoded.objects, database_encoded.objects, object_count, rproj_bits, settings.seed,
+            lambda distances, bits, is_code: {"bits": bits, **_score(
+                distances, benchmark, code_threshold if is_code else 1.0 - settings.threshold, settings.seed,
+                misses=not is_code)}))
+        object_counts = {"queries": objects_per_image(query_encoded.objects, object_count),
+                         "database": objects_per_image(database_encoded.objects, object_count)}
 
     t = time.perf_counter()
     for method in settings.perceptual:
@@ -274,7 +301,7 @@ def run_neardup(settings: EvalSettings, log: Callable[[str], None] = lambda mess
     seconds["perceptual_hashes"] = time.perf_counter() - t
 
     if "rproj" in settings.methods:
-        for vector in settings.vectors:
+        for vector in single:
             query_vectors, database_vectors = query_encoded.vectors(vector), database_encoded.vectors(vector)
             for bits in settings.bits:
                 hasher = RandomProjectionHasher(encoder.dim, bits, settings.seed)
@@ -284,7 +311,7 @@ def run_neardup(settings: EvalSettings, log: Callable[[str], None] = lambda mess
 
     learned = [m for m in settings.methods if m != "rproj"]
     skipped: dict[str, str] = {}
-    if learned or settings.whiten_dims:
+    if (learned or settings.whiten_dims) and single:
         rng = np.random.default_rng(settings.seed + 1)
         fold_of_photo = rng.permutation(len(photos)) % settings.folds
         # the fold of every database item a query may point at: photos as drawn, extra originals
@@ -297,13 +324,12 @@ def run_neardup(settings: EvalSettings, log: Callable[[str], None] = lambda mess
         for fold in range(settings.folds):
             train_photos = [p for p, f in zip(photos, fold_of_photo) if f != fold]
             t = time.perf_counter()
-            training = _training_set(train_photos, encoder, settings.train_crops, settings.views, rng,
-                                     settings.vectors)
+            training = _training_set(train_photos, encoder, settings.train_crops, settings.views, rng, single)
             seconds["embed_training"] = seconds.get("embed_training", 0.0) + time.perf_counter() - t
             log(f"fold {fold + 1}/{settings.folds}: training on {len(train_photos)} photos, "
-                f"{len(training[settings.vectors[0]][0])} crops x {settings.views} views")
+                f"{len(training[single[0]][0])} crops x {settings.views} views")
             query_rows = np.flatnonzero(fold_of_item[benchmark.query_photo] == fold)
-            for vector in settings.vectors:
+            for vector in single:
                 prefix = PREFIX[vector]
                 train_vectors, train_views = training[vector]
                 query_vectors, database_vectors = query_encoded.vectors(vector), database_encoded.vectors(vector)
@@ -366,17 +392,20 @@ def run_neardup(settings: EvalSettings, log: Callable[[str], None] = lambda mess
         report["counts"].update({"extra_originals": len(extras), "variants": len(variants)})
     if same_object is not None:
         report["same_object"] = same_object
+    if object_counts is not None:
+        report["objects"] = {"k": object_count, **object_counts}
     # the larger evaluation's targets (issue 13 item 4): the whole-image vector is the
     # default dedup representation; with detection off the "object" vector is the whole image
     whole = "image/" if "image" in settings.vectors else ("" if settings.detector == "none" else None)
     objects = "" if "object" in settings.vectors and settings.detector != "none" else None
-    report["targets"] += check_larger_targets(results, same_object, whole, objects)
+    report["targets"] += check_larger_targets(results, same_object, whole, objects, object_count)
     return report
 
 
 def run_same_object(task: SameObject, encoder: PipelineEmbedder, settings: EvalSettings) -> dict[str, Any]:
-    """Score both vectors (floats and random-projection codes) on the same-object task: every
-    paste ranks all the other pastes; relevant are those of its object.
+    """Score both vectors (floats and random-projection codes) on the same-object task, and the
+    object sets (all K objects of each paste) when the encoder stores them: every paste ranks all
+    the other pastes; relevant are those of its object.
 
     Returns:
         counts, the objects' and backgrounds' photo names, and per method ("float",
@@ -396,111 +425,19 @@ def run_same_object(task: SameObject, encoder: PipelineEmbedder, settings: EvalS
         results[key] = {"bits": bits, "top1": float(first.mean()),
                         "map": mean_average_precision(distances, relevant, settings.seed)}
 
-    for vector in VECTORS:  # both, always: the task compares them
+    for vector in SINGLE:  # both, always: the task compares them
         vectors = encoded.vectors(vector)
         score(f"{PREFIX[vector]}float", cosine_distances(vectors, vectors), 32 * encoder.dim)
         if "rproj" in settings.methods:
             for bits in settings.bits:
                 codes = RandomProjectionHasher(encoder.dim, bits, settings.seed)(vectors)
                 score(f"{PREFIX[vector]}rproj-{bits}", hamming_distances(codes, codes), bits)
-    return {"counts": {"objects": len(task.sources), "pastes": len(task.images),
-                       "backgrounds": len(task.backgrounds)},
-            "objects": task.sources, "backgrounds": task.backgrounds, "results": results}
-
-
-def check_targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's quality targets, each with the numbers compared and whether it is met."""
-    targets: list[dict[str, Any]] = []
-    perceptual = {k: v for k, v in results.items() if k in PERCEPTUAL}
-    floats = results.get("float")
-    if floats and perceptual:
-        for metric in ("top1", "map"):
-            best = max(perceptual, key=lambda k: perceptual[k][metric])
-            targets.append({"target": f"float beats the best perceptual hash on {metric}",
-                            "value": floats[metric], "versus": f"{best} {perceptual[best][metric]:.3f}",
-                            "met": floats[metric] > perceptual[best][metric]})
-    if floats:
-        for key, result in results.items():
-            if key.endswith("-256") and key.split("-")[0] in CODE_METHODS and not key.startswith("rproj"):
-                gap = floats["map"] - result["map"]
-                targets.append({"target": f"{key} mAP within 3 points of float",
-                                "value": result["map"], "versus": f"float {floats['map']:.3f} (gap {100 * gap:.1f} points)",
-                                "met": gap <= 0.03})
-    if perceptual:
-        best_top1 = max(v["top1"] for v in perceptual.values())
-        best_map = max(v["map"] for v in perceptual.values())
-        for key, result in results.items():
-            if key.endswith("-64") and key.split("-")[0] in CODE_METHODS:
-                targets.append({"target": f"{key} beats every 64-bit perceptual hash (top-1 and mAP)",
-                                "value": f"top1 {result['top1']:.3f}, mAP {result['map']:.3f}",
-                                "versus": f"best perceptual top1 {best_top1:.3f}, mAP {best_map:.3f}",
-                                "met": result["top1"] > best_top1 and result["map"] > best_map})
-    return targets
-
-
-def check_larger_targets(results: dict[str, dict[str, Any]], same_object: dict[str, Any] | None,
-                         whole: str | None, objects: str | None) -> list[dict[str, Any]]:
-    """The larger evaluation's targets (issue 13 item 4), each with its numbers and whether it is met.
-
-    Args:
-        results: run_neardup's results.
-        same_object: run_same_object's report, or None.
-        whole: key prefix of the whole-image vector's results ("image/", or "" when detection is
-            off), None when not scored.
-        objects: key prefix of the object vector's results, None when not scored (or detection off).
-    """
-    targets: list[dict[str, Any]] = []
-    floats = results.get(f"{whole}float") if whole is not None else None
-    if floats:
-        for metric, goal in (("top1", 0.99), ("map", 0.995)):
-            targets.append({"target": f"whole-image float {metric} >= {goal}", "value": floats[metric],
-                            "versus": str(goal), "met": floats[metric] >= goal})
-        for method in CODE_METHODS:
-            code = results.get(f"{whole}{method}-256")
-            if code:
-                gap = floats["map"] - code["map"]
-                targets.append({"target": f"whole-image {method}-256 mAP within 0.01 of the float",
-                                "value": code["map"], "versus": f"float {floats['map']:.3f} (gap {gap:.3f})",
-                                "met": gap <= 0.01})
-        by_transform = floats["top1_by_transform"]
-        worst = min(by_transform, key=by_transform.get)
-        targets.append({"target": "whole-image float top-1 >= 0.95 on every transform", "value": by_transform[worst],
-                        "versus": f"worst: {worst}", "met": by_transform[worst] >= 0.95})
-    if objects is not None and f"{objects}float" in results:
-        top1 = results[f"{objects}float"]["top1"]
-        targets.append({"target": "object float top-1 >= 0.97", "value": top1, "versus": "0.97", "met": top1 >= 0.97})
-    if same_object:
-        task = same_object["results"]
-        for metric in ("top1", "map"):
-            targets.append({"target": f"same-object task: object float beats whole-image float on {metric}",
-                            "value": task["float"][metric], "versus": f"whole image {task['image/float'][metric]:.3f}",
-                            "met": task["float"][metric] > task["image/float"][metric]})
-    return targets
-
-
-def format_table(report: dict[str, Any]) -> str:
-    """The results as a fixed-width text table, then the targets."""
-    header = (f"{'method':<20}{'bits':>6}{'top-1':>8}{'mAP':>8}{'thr':>7}{'prec':>7}{'recall':>8}{'bestF1':>8}"
-              f"{'@thr':>7}")
-    lines = [header, "-" * len(header)]
-    for name, result in report["results"].items():
-        lines.append(
-            f"{name:<20}{result['bits']:>6}{result['top1']:>8.3f}{result['map']:>8.3f}"
-            f"{result['threshold']:>7.3f}{result['at_threshold_precision']:>7.3f}"
-            f"{result['at_threshold_recall']:>8.3f}{result['best_f1']['f1']:>8.3f}"
-            f"{result['best_f1']['threshold']:>7.3f}")
-    for key, why in report.get("skipped", {}).items():
-        lines.append(f"{key:<20} skipped: {why}")
-    if "same_object" in report:
-        task = report["same_object"]
-        lines += ["", f"same-object task ({task['counts']['objects']} objects x "
-                      f"{task['counts']['pastes'] // task['counts']['objects']} pastes, "
-                      f"{task['counts']['backgrounds']} backgrounds)",
-                  f"{'method':<20}{'bits':>6}{'top-1':>8}{'mAP':>8}"]
-        for name, result in task["results"].items():
-            lines.append(f"{name:<20}{result['bits']:>6}{result['top1']:>8.3f}{result['map']:>8.3f}")
-    lines.append("")
-    for target in report.get("targets", []):
-        value = target["value"] if isinstance(target["value"], str) else f"{target['value']:.3f}"
-        lines.append(f"[{'met' if target['met'] else 'NOT met'}] {target['target']}: {value} vs {target['versus']}")
-    return "\n".join(lines)
+    counts = {"objects": len(task.sources), "pastes": len(task.images), "backgrounds": len(task.backgrounds)}
+    if encoded.objects is not None:  # the encoder stores object sets: "objects" was asked for
+        counts["objects_per_paste"] = objects_per_image(encoded.objects, encoder.config.detect.objects)
+        rproj_bits = settings.bits if "rproj" in settings.methods else ()
+        for k in range(1, encoder.config.detect.objects + 1):
+            for key, (distances, bits) in object_set_distances(encoded.objects, encoded.objects, k, REDUCTIONS,
+                                                               rproj_bits, settings.seed).items():
+                score(f"objects{k}-{key}", distances, bits)
+    return {"counts": counts, "objects": task.sources, "backgrounds": task.backgrounds, "results": results}

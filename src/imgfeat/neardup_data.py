@@ -6,6 +6,7 @@ encoders that turn them into vectors or codes (the pipeline's Features, imagehas
     benchmark = build_benchmark(names, photos, extras=extras, variants=variants)  # database, queries, truth
     embeddings, boxes = PipelineEmbedder(detector, embedder)(benchmark.database)
     encoded = PipelineEmbedder(detector, embedder).encode(photos)  # both vectors, boxes, scores
+    encoded = PipelineEmbedder(detector, embedder, objects=5).encode(photos)  # and up to 5 objects each
     task = build_same_object(names, photos, encoded.boxes, encoded.scores)  # objects pasted elsewhere
 
 Natural variants live in PHOTOS/variants/: `STEM@LABEL.ext` is another rendition of the picture
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MissingExtra, SourceError
+from .object_sets import ObjectSets
 
 PERCEPTUAL = ("phash", "dhash", "whash", "ahash")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -307,6 +309,7 @@ class Encoded:
     image: np.ndarray  # (n, dim) whole image's vector (`image_embedding`)
     boxes: np.ndarray  # (n, 4) main object's box; the whole image where none was found
     scores: np.ndarray  # (n,) its detection score; NaN where none was found or detection is off
+    objects: ObjectSets | None = None  # up to K objects per image (`objects`), with objects=K
 
     def vectors(self, kind: str) -> np.ndarray:
         """The "object" or the "image" vectors."""
@@ -317,12 +320,12 @@ class PipelineEmbedder:
     """Images -> (embeddings, boxes) through stages.Features, exactly as `imgfeat extract` runs it."""
 
     def __init__(self, detector: str, embedder: str, batch_size: int = 16, scales: tuple[float, ...] = (1.0,),
-                 flip: bool = False):
+                 flip: bool = False, objects: int = 0):
         from .config import PipelineConfig
         from .stages import Features
 
         self.config = PipelineConfig.from_options(detector=detector, embedder=embedder, workers=0,
-                                                  progress=False, scales=scales, flip=flip)
+                                                  progress=False, scales=scales, flip=flip, objects=objects)
         self.features = Features(self.config)
         self.batch_size = batch_size
         self.dim = self.features.dim
@@ -338,22 +341,39 @@ class PipelineEmbedder:
 
         names = ["embedding", "box", "score"] + (["image_embedding"] if self.config.embed.whole_image else [])
         columns: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        object_parts: list[tuple[np.ndarray, np.ndarray, list[str | None]]] = []
         for start in range(0, len(images), self.batch_size):
             table = self.features(ImageBatch.of_images(images[start:start + self.batch_size], "benchmark"))
             for name, parts in columns.items():
                 values = table.column(name).to_numpy(zero_copy_only=False)
                 parts.append(np.stack(values) if values.dtype == object else values)
+            if self.config.detect.objects:
+                object_parts.append(_object_entries(table, self.dim))
         object_vectors = np.concatenate(columns["embedding"]).astype(np.float32)
         # the whole-image vector is the object vector where the crop was the whole image; a config
         # without whole-image vectors stores none
         image_vectors = (np.concatenate(columns["image_embedding"]).astype(np.float32)
                          if self.config.embed.whole_image else object_vectors)
+        objects = None
+        if object_parts:
+            objects = ObjectSets(np.concatenate([p[0] for p in object_parts]).astype(np.float32),
+                                 np.concatenate([p[1] for p in object_parts]),
+                                 [label for p in object_parts for label in p[2]])
         return Encoded(object_vectors, image_vectors, np.concatenate(columns["box"]).astype(np.float32),
-                       np.concatenate(columns["score"]).astype(np.float32))
+                       np.concatenate(columns["score"]).astype(np.float32), objects)
 
     def embed_crops(self, crops: list[np.ndarray]) -> np.ndarray:
         """Embed crops directly (no detection): the training views."""
         return self.features.embed(crops)
+
+
+def _object_entries(table, dim: int) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+    """A feature table's `objects` column, flattened: (vectors (m, dim), counts (rows,), labels (m,))."""
+    column = table.column("objects").combine_chunks()
+    entries = column.flatten()
+    vectors = entries.field("embedding").flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    return vectors, column.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64), \
+        entries.field("label").to_pylist()
 
 
 def perceptual_hashes(images: list[np.ndarray], method: str, hash_size: int = 8) -> np.ndarray:

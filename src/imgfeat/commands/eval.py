@@ -14,7 +14,11 @@ a chain of those; the database is the photos plus random crops of them as distra
 Reports top-1, mAP and precision/recall at the dedup threshold for the float embeddings,
 every binary code (rproj, itq, deepbit at each --bits) and imagehash's 64-bit pHash,
 dHash, wHash, aHash. Learned codes are trained in folds on crops of the other photos.
---vectors object,image scores the main object's vector and the whole image's side by side.
+--vectors object,image scores the main object's vector and the whole image's side by side;
+"objects" adds the sets of up to --objects K objects per image (extract --objects K): every
+prefix K' = 1..K, an image matching an item through its closest pair of objects (max) or the
+mean of its objects' closest matches (chamfer); keys objects<K'>-max/float, ...-chamfer/float,
+objects<K'>-max/rproj-<bits>.
 A variants/ folder inside --photos adds natural variants: variants/STEM@LABEL.jpg is another
 rendition of the picture STEM (a photo, or variants/STEM.jpg, an extra database original).
 --same-object N adds a task: N photos' main objects pasted into other photos; a paste must find
@@ -26,6 +30,7 @@ examples:
   imgfeat eval neardup --photos my_photos/ --json-out results.json
   imgfeat eval neardup --no-detect --bits 64,256
   imgfeat eval neardup --photos eval_photos/ --vectors object,image --same-object 12
+  imgfeat eval neardup --vectors object,image,objects --objects 5 --methods rproj --bits 256
 """
 
 
@@ -76,8 +81,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--whiten-power", type=float, default=d.whiten_power,
                    help=f"whitening variance exponent (default {d.whiten_power})")
     p.add_argument("--vectors", type=_names, default=d.vectors,
-                   help="which vectors to score, comma-separated: object (embedding), image (image_embedding) "
-                        f"(default {','.join(d.vectors)}); image/ prefixes the whole image's result keys")
+                   help="which vectors to score, comma-separated: object (embedding), image (image_embedding), "
+                        "objects (each image's detected objects, as extract --objects K stores them) "
+                        f"(default {','.join(d.vectors)}); image/ prefixes the whole image's result keys, "
+                        "objects<K>-<max|chamfer>/ the object sets'")
+    p.add_argument("--objects", type=int, default=d.objects, metavar="K",
+                   help=f"with --vectors ...,objects: up to K objects per image, prefixes 1..K scored "
+                        f"(default {d.objects})")
     p.add_argument("--same-object", type=int, default=d.same_object, metavar="N",
                    help="add the same-object task with N objects (default 0: off)")
     p.add_argument("--same-object-pastes", type=int, default=d.same_object_pastes,
@@ -90,7 +100,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _eval(args: argparse.Namespace) -> int:
     import sys
 
-    from ..evaluate import EvalSettings, format_table, run_neardup
+    from ..eval_report import format_table
+    from ..evaluate import EvalSettings, run_neardup
 
     settings = EvalSettings(
         photos=args.photos, detector="none" if args.no_detect else args.detector, embedder=args.embedder,
@@ -98,7 +109,7 @@ def _eval(args: argparse.Namespace) -> int:
         distractors_per_photo=args.distractors, folds=args.folds, train_crops=args.train_crops,
         views=args.views, threshold=args.threshold, seed=args.seed, deepbit_epochs=args.epochs,
         scales=args.embed_scales, flip=args.embed_flip, whiten_dims=args.whiten, whiten_power=args.whiten_power,
-        vectors=args.vectors, same_object=args.same_object, same_object_pastes=args.same_object_pastes)
+        vectors=args.vectors, objects=args.objects, same_object=args.same_object, same_object_pastes=args.same_object_pastes)
     report = run_neardup(settings, log=lambda line: print(line, file=sys.stderr))
     if args.json_out:
         atomic_write(args.json_out, json.dumps(report, indent=2).encode("utf-8"))
