@@ -109,3 +109,25 @@ def test_resuming_a_square_output_with_the_aspect_kept_is_refused(tmp_path):
         imgfeat.extract(photos, out, **options)  # the same output with whole images at their aspect
     report = imgfeat.extract(photos, out, image_aspect=False, **options)  # the square setting resumes
     assert (report.processed, report.skipped) == (1, 2)
+
+
+def test_image_gray_averages_the_grayscale_rendition_of_whole_images_only():
+    from imgfeat.models.embedders import grayscale
+
+    config = PipelineConfig.from_options(image_gray=True, **FAST_MODELS)
+    features = Features(config)
+    assert features.digests["preprocess"] == "halves-v2+image-gray"  # the tiny model: gray, no aspect
+    image = np.full((120, 160, 3), 255, np.uint8)
+    image[30:90, 40:120] = (200, 30, 30)
+    table = features(ImageBatch.of_images([image]))
+    tiny = create_embedder("test-tiny")
+    expected = l2_normalize(tiny([image]) + tiny([grayscale(image)]))[0]
+    np.testing.assert_allclose(np.asarray(table.column("image_embedding")[0].as_py()), expected, atol=1e-5)
+    # the object crop is embedded as without it: colour matters for "the same product elsewhere"
+    assert table.column("crop")[0].as_py() == "object"
+    plain = Features(PipelineConfig.from_options(**FAST_MODELS))(ImageBatch.of_images([image]))
+    np.testing.assert_allclose(np.asarray(table.column("embedding")[0].as_py()),
+                               np.asarray(plain.column("embedding")[0].as_py()), atol=1e-6)
+    assert not np.allclose(np.asarray(plain.column("image_embedding")[0].as_py()), expected, atol=1e-3)
+    assert query_config(config.to_dict()).embed.image_gray is True
+    assert config_fingerprint(config) != config_fingerprint(PipelineConfig.from_options(**FAST_MODELS))

@@ -126,6 +126,9 @@ class EmbedConfig:
             embedder that takes any input size (the default does; a fixed-size one stretches, and
             the manifest's model_digests.preprocess says which). On the 61 evaluation photos:
             near-duplicate top-1 0.986 -> 0.993, mAP 0.991 -> 0.996 (docs/quality.md).
+        image_gray: also average the whole image's grayscale rendition into its vector (one
+            more embedder pass per whole image): grayscale and recoloured copies come closer
+            (docs/quality.md).
         scales: input-size factors whose vectors are averaged per crop, e.g. (1, 0.71);
             factors other than 1 need an embedder with a free input size ("mobilenet-v2-gem").
         flip: also average each view's mirror image (2x the embedder's work).
@@ -141,6 +144,7 @@ class EmbedConfig:
     batch_size: int = 0
     whole_image: bool = True
     image_aspect: bool = True
+    image_gray: bool = False
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
     whiten: str | None = None
@@ -301,7 +305,7 @@ class RunConfig:
 # left out of the config fingerprint while they hold it (so an output written before them still
 # resumes), and assumed where a recorded config lacks them (queries against an older index)
 ADDED_LATER = {("detect", "input_size"): 0, ("detect", "keep_aspect"): True, ("detect", "objects"): 0,
-               ("embed", "image_aspect"): False}
+               ("embed", "image_aspect"): False, ("embed", "image_gray"): False}
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,8 @@ class EvalSettings:
             defaults to 0.85 on whole-image vectors); floats call pairs with cosine >= it duplicates.
         seed: seed of everything random.
         scales, flip: embedder views averaged per crop (EmbedConfig.scales / flip).
+        image_aspect, image_gray: how whole images are embedded (EmbedConfig.image_aspect /
+            image_gray).
         whiten_dims: also score the float vectors PCA-whitened to each of these sizes, the
             whitening fitted per fold on the other photos' training crops and views (like the
             learned codes), as "pcaw-<dim>"; and plain PCA to that size as "pca-<dim>".
@@ -117,6 +119,8 @@ class EvalSettings:
     deepbit_epochs: int = 200
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
+    image_aspect: bool = True
+    image_gray: bool = False
     whiten_dims: tuple[int, ...] = ()
     whiten_power: float = 0.5
     vectors: tuple[str, ...] = ("object",)
@@ -257,7 +261,8 @@ def run_neardup(settings: EvalSettings, log: Callable[[str], None] = lambda mess
         raise ConfigError(f"folds ({settings.folds}) must not exceed the number of photos ({len(photos)})")
     object_count = settings.objects if "objects" in settings.vectors else 0
     encoder = PipelineEmbedder(settings.detector, settings.embedder, scales=settings.scales, flip=settings.flip,
-                               objects=object_count)
+                               objects=object_count, image_aspect=settings.image_aspect,
+                               image_gray=settings.image_gray)
     single = [v for v in settings.vectors if v in SINGLE]
     # distractors avoid each photo's main object, found by the eval's detector (the default one
     # when detection is off, so both variants get the same benchmark; only its boxes are used,

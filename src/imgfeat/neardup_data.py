@@ -320,12 +320,13 @@ class PipelineEmbedder:
     """Images -> (embeddings, boxes) through stages.Features, exactly as `imgfeat extract` runs it."""
 
     def __init__(self, detector: str, embedder: str, batch_size: int = 16, scales: tuple[float, ...] = (1.0,),
-                 flip: bool = False, objects: int = 0):
+                 flip: bool = False, objects: int = 0, image_aspect: bool = True, image_gray: bool = False):
         from .config import PipelineConfig
         from .stages import Features
 
         self.config = PipelineConfig.from_options(detector=detector, embedder=embedder, workers=0,
-                                                  progress=False, scales=scales, flip=flip, objects=objects)
+                                                  progress=False, scales=scales, flip=flip, objects=objects,
+                                                  image_aspect=image_aspect, image_gray=image_gray)
         self.features = Features(self.config)
         self.batch_size = batch_size
         self.dim = self.features.dim

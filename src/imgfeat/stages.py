@@ -35,7 +35,11 @@ from .storage import Retry
 from .whitening import load_whitening
 
 
-IMAGE_ASPECT_VERSION = "+image-aspect"  # the preprocess marker's suffix when whole images keep their aspect
+def whole_image_views(embedder: Any) -> str:
+    """What the preprocess marker adds for whole images: "+image-aspect" when they keep their
+    aspect ratio, "+image-gray" when their grayscale rendition is averaged in."""
+    return ("+image-aspect" if getattr(embedder, "keep_aspect", False) else "") + \
+        ("+image-gray" if getattr(embedder, "gray", False) else "")
 
 
 def error_kind(reason: str) -> str:
@@ -149,8 +153,8 @@ class Features:
         self.embedder = with_views(base, config.embed.scales, config.embed.flip)
         # whole images at their own aspect ratio, where the embedder takes any size (else None:
         # stretched like the crops); the manifest's preprocess says which
-        self.image_embedder = (whole_image_embedder(base, config.embed.scales, config.embed.flip)
-                               if config.embed.image_aspect else None)
+        self.image_embedder = whole_image_embedder(base, config.embed.scales, config.embed.flip,
+                                                   config.embed.image_aspect, config.embed.image_gray)
         # the stored vectors: the embedder's, or whitened to the whitening's (smaller) size
         self.whitening = load_whitening(config.embed.whiten, self.embedder.dim) if config.embed.whiten else None
         self.dim = self.whitening.dim if self.whitening else self.embedder.dim
@@ -168,7 +172,7 @@ class Features:
             "embedder": getattr(self.embedder, "digest", None),
             "runtime": getattr(self.embedder, "runtime", None),  # what ran the models, for the manifest
             # how images were resized for the models
-            "preprocess": RESIZE_VERSION + (IMAGE_ASPECT_VERSION if self.image_embedder else ""),
+            "preprocess": RESIZE_VERSION + whole_image_views(self.image_embedder),
         }
         if self.whitening:
             self.digests["whitening"] = self.whitening.digest

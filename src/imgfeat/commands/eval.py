@@ -75,6 +75,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    default=d.scales, help="average vectors at these input-size factors (e.g. 1,0.71; needs "
                                           "--embedder mobilenet-v2-gem)")
     p.add_argument("--embed-flip", action="store_true", help="also average each crop's mirror image's vector")
+    p.add_argument("--image-square", action="store_true",
+                   help="stretch whole images to the embedder's square (extract --image-square)")
+    p.add_argument("--image-gray", action="store_true",
+                   help="average whole images' grayscale renditions in (extract --image-gray)")
     p.add_argument("--whiten", type=_ints, default=d.whiten_dims, metavar="DIMS",
                    help="also score PCA-whitened (pcaw-D) and PCA-reduced (pca-D) floats at these sizes, "
                         "fitted per fold on the other photos (e.g. 512,256,128)")
@@ -108,7 +112,8 @@ def _eval(args: argparse.Namespace) -> int:
         bits=args.bits, methods=args.methods, perceptual=args.perceptual,
         distractors_per_photo=args.distractors, folds=args.folds, train_crops=args.train_crops,
         views=args.views, threshold=args.threshold, seed=args.seed, deepbit_epochs=args.epochs,
-        scales=args.embed_scales, flip=args.embed_flip, whiten_dims=args.whiten, whiten_power=args.whiten_power,
+        scales=args.embed_scales, flip=args.embed_flip, image_aspect=not args.image_square,
+        image_gray=args.image_gray, whiten_dims=args.whiten, whiten_power=args.whiten_power,
         vectors=args.vectors, objects=args.objects, same_object=args.same_object, same_object_pastes=args.same_object_pastes)
     report = run_neardup(settings, log=lambda line: print(line, file=sys.stderr))
     if args.json_out:

@@ -80,6 +80,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--image-square", action="store_true",
                    help="stretch whole images to the embedder's square input, as before 0.1.0's aspect change "
                         "(default: keep their aspect ratio, long side up to 2x the short one)")
+    g.add_argument("--image-gray", action="store_true",
+                   help="also average each whole image's grayscale rendition into its vector (one more "
+                        "embedder pass per image; grayscale and recoloured copies come closer)")
     g.add_argument("--dtype", choices=("float32", "float16"), default=d_emb.dtype, help="embedding storage type")
     g.add_argument("--code-bits", type=int, default=d_emb.code_bits, help=f"binary code length (default {d_emb.code_bits})")
     g.add_argument("--hash", default=d_emb.hasher, metavar="HASH",
@@ -147,7 +150,8 @@ def _extract(args: argparse.Namespace) -> int:
         detector="none" if args.no_detect else args.detector, embedder=args.embedder,
         score_threshold=args.score_threshold, select=args.select, margin=args.margin,
         detect_input_size=args.detect_size, keep_aspect=not args.detect_square, objects=args.objects,
-        dtype=args.dtype, whole_image=not args.no_image_vector, image_aspect=not args.image_square, code_bits=args.code_bits,
+        dtype=args.dtype, whole_image=not args.no_image_vector, image_aspect=not args.image_square,
+        image_gray=args.image_gray, code_bits=args.code_bits,
         # absolute paths: search and serve read the hash and whitening files again from the
         # manifest, from whatever folder they run in
         hasher=args.hash if args.hash == "rproj" else os.path.abspath(args.hash), batch_size=args.batch_size,
