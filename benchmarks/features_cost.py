@@ -8,7 +8,7 @@ Each variant is the default configuration with some options changed ("default": 
 (detect -> crop -> embed crop + whole image [+ more objects] -> hash), exactly as `imgfeat
 extract` runs it, over the same decoded photos (repeated to --images), once per variant,
 interleaved over --rounds so that a busy machine slows every variant alike; ratios are to the
-first variant; the detect and embed stage seconds are those of each variant's best round. Bytes: the Parquet file of those rows (zstd), divided by the rows. Prints a table
+first variant; the detect and embed stage seconds are those of each variant's best round. Prints a table
 and writes benchmarks/results/features_cost.json.
 """
 
@@ -95,7 +95,8 @@ def main() -> None:
         best = int(np.argmin(seconds[name]))
         rows[name] = {"options": variants[name], "images_per_s": len(images) / seconds[name][best],
                       "seconds": seconds[name], "stage_seconds": stage_seconds[name][best], "objects_per_image": float(found.mean()),
-                      "bytes_per_row": parquet_bytes(table) / table.num_rows,
+                      # the distinct photos only: repeats would compress to nothing
+                      "bytes_per_row": parquet_bytes(table.slice(0, len(photos))) / min(len(photos), table.num_rows),
                       "preprocess": stages[name].digests.get("preprocess")}
     first = next(iter(rows.values()))
     runtime = next(iter(stages.values())).digests.get("runtime")
