@@ -37,7 +37,7 @@ CROP_OBJECT = "object"
 CROP_FULL_NO_DETECTION = "full:no-detection"
 CROP_FULL_DETECT_OFF = "full:detect-off"
 
-COLUMNS = (
+COLUMNS = (  # every column a table can have, in order ("objects" only with --objects K)
     "id", "path", "status", "error", "width", "height", "box", "label", "score", "crop",
     "embedding", "code", "image_embedding", "image_code", "objects", "detector", "embedder", "hasher",
 )
