@@ -23,12 +23,16 @@ class BlobDetector:
     def __init__(self, threshold: int = 40, **_: object):
         self.threshold = threshold
 
+    def foreground(self, image: np.ndarray) -> np.ndarray:
+        """Pixels differing from the border's median colour by more than the threshold."""
+        border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).astype(np.int16)
+        background = np.median(border, axis=0)
+        return np.abs(image.astype(np.int16) - background).max(axis=2) > self.threshold
+
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
         results = []
         for image in images:
-            border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).astype(np.int16)
-            background = np.median(border, axis=0)
-            mask = np.abs(image.astype(np.int16) - background).max(axis=2) > self.threshold
+            mask = self.foreground(image)
             if not mask.any():
                 results.append(np.zeros((0, 6), dtype=np.float32))
                 continue
@@ -44,9 +48,7 @@ class BlobsDetector(BlobDetector):
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
         results = []
         for image in images:
-            border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).astype(np.int16)
-            background = np.median(border, axis=0)
-            mask = np.abs(image.astype(np.int16) - background).max(axis=2) > self.threshold
+            mask = self.foreground(image)
             colours, which = np.unique(image[mask].reshape(-1, 3) // 32, axis=0, return_inverse=True)
             ys, xs = np.nonzero(mask)
             boxes = []
