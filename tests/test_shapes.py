@@ -153,10 +153,16 @@ def test_detect_size_and_square_reach_the_detector_from_config_and_cli(tmp_path)
     default = PipelineConfig.from_options(**options)
     assert Features(default).detector.spec.size == (512, 512) and Features(default).detector.keep_aspect
     # the defaults leave the fingerprint as it was before the settings existed (old outputs resume);
-    # any other value is another output
-    before = {k: v for k, v in default.to_dict().items() if k != "run"}
-    for key in ("input_size", "keep_aspect"):
+    # any other value is another output. (Later settings at their old values too: whole images
+    # stretched, no objects; the default now keeps the whole image's aspect, another output.)
+    square = PipelineConfig.from_options(image_aspect=False, **options)
+    before = {k: v for k, v in square.to_dict().items() if k != "run"}
+    for key in ("input_size", "keep_aspect", "objects"):
         del before["detect"][key]
+    for key in ("image_aspect", "image_gray"):
+        del before["embed"][key]
+    assert config_fingerprint(default) != config_fingerprint(square)
+    default = square
     assert config_fingerprint(default) == hashlib.sha256(
         __import__("json").dumps(before, sort_keys=True).encode()).hexdigest()[:16]
     assert config_fingerprint(PipelineConfig.from_options(detect_input_size=384, **options)) != \
