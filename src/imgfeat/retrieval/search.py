@@ -279,7 +279,7 @@ def _search(index: FeatureIndex, queries: np.ndarray, k: int, using: str) -> tup
 def search_rows(index: FeatureIndex, queries: np.ndarray, owners: np.ndarray, count: int, k: int, using: str,
                  exclude: Sequence[str] | None = None) -> list[tuple[list[float], list[str], list[str]]]:
     """Per query (0..count-1): (scores, row ids, matched entries) of its k best rows. `owners`
-    says which query each row of `queries` belongs to; an objects index's rows score their best
+    says which query each row of `queries` belongs to (ascending); an objects index's rows score their best
     pair of objects (entries.best_per_row). `exclude`: per query, a row id to leave out."""
     if not count:
         return []
@@ -287,8 +287,9 @@ def search_rows(index: FeatureIndex, queries: np.ndarray, owners: np.ndarray, co
     fetch = (k + (1 if exclude else 0)) * per_row  # enough entries for k rows even if each row matches K times
     scores, neighbours = _search(index, queries, fetch, using) if len(queries) else ([], [])
     out = []
+    bounds = np.searchsorted(owners, np.arange(count + 1))  # owners ascend: each query's rows are a run
     for query in range(count):
-        mine = np.flatnonzero(owners == query)
+        mine = range(bounds[query], bounds[query + 1])
         best_scores, row_ids, entries = best_per_row([scores[r] for r in mine], [neighbours[r] for r in mine],
                                                      fetch, objects=index.crop == "objects")
         kept = [j for j, r in enumerate(row_ids) if exclude is None or r != exclude[query]][:k]
