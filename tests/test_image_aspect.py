@@ -22,14 +22,18 @@ from imgfeat.runners.base import config_fingerprint
 from imgfeat.stages import Features, ImageBatch
 
 
-def test_aspect_size_keeps_the_ratio_on_a_32_pixel_grid_up_to_twice_the_short_side():
-    assert aspect_size(300, 400, 224) == (224, 288)   # 4:3 landscape: 298.7 -> 288
+def test_aspect_size_snaps_the_ratio_to_four_steps_on_a_32_pixel_grid():
+    assert aspect_size(300, 400, 224) == (224, 288)   # 4:3 landscape: 1.33 -> 9/7
     assert aspect_size(400, 300, 224) == (288, 224)   # portrait: the same, turned
     assert aspect_size(500, 500, 224) == (224, 224)
+    assert aspect_size(480, 500, 224) == (224, 224)   # nearly square: square
+    assert aspect_size(1080, 1920, 224) == (224, 352)  # 16:9 -> 11/7
     assert aspect_size(100, 1000, 224) == (224, 448)  # a panorama is cut to 2:1
     assert aspect_size(1000, 100, 224) == (448, 224)
-    assert aspect_size(300, 400, 160) == (160, 224)   # another scale's short side
+    assert aspect_size(300, 400, 160) == (160, 192)   # another scale's short side
     assert aspect_size(3, 4000, 10) == (32, 64)       # never under one 32-pixel cell
+    shapes = {aspect_size(h, w, 224) for h in range(100, 2000, 37) for w in range(100, 2000, 41)}
+    assert len(shapes) == 7  # square, and three landscape and three portrait steps
 
 
 def test_a_fixed_size_embedder_cannot_keep_the_aspect_and_whole_images_are_then_stretched():

@@ -122,7 +122,8 @@ class EmbedConfig:
             use. Costs one more embedder input per image whose main object was cropped.
         image_aspect: embed whole images (the whole-image vector, and the crop when nothing is
             detected or detection is off) with their aspect ratio kept: the short side at the
-            input size, the long side up to 2x it, instead of stretched to a square. Needs an
+            input size, the long side at the nearest of 1, 9/7, 11/7 or 2x it
+            (`preprocess.aspect_size`), instead of stretched to a square. Needs an
             embedder that takes any input size (the default does; a fixed-size one stretches, and
             the manifest's model_digests.preprocess says which). On the 61 evaluation photos:
             near-duplicate top-1 0.986 -> 0.993, mAP 0.991 -> 0.996 (docs/quality.md).

@@ -174,7 +174,7 @@ class MultiViewEmbedder:
         scales: input-size factors, e.g. (1, 1/sqrt(2)).
         flip: add each view's horizontal mirror.
         keep_aspect: resize each crop with its aspect ratio kept (`preprocess.aspect_size`: the
-            short side at the input size, the long side up to MAX_ASPECT times it) instead of
+            short side at the input size, the long side at the nearest of its ASPECT_STEPS) instead of
             stretching it to the model's square; crops of one size share a model call.
         gray: add each view's grayscale rendition (luma in all three channels).
 
