@@ -97,7 +97,10 @@ def main() -> None:
                       "seconds": seconds[name], "stage_seconds": stage_seconds[name][best], "objects_per_image": float(found.mean()),
                       # the distinct photos only: repeats would compress to nothing
                       "bytes_per_row": parquet_bytes(table.slice(0, len(photos))) / min(len(photos), table.num_rows),
-                      "preprocess": stages[name].digests.get("preprocess")}
+                      "preprocess": stages[name].digests.get("preprocess"),
+                      # OpenVINO compiles one model per input shape (weights and buffers each)
+                      "embedder_compiled_shapes": len(getattr(stages[name].embedder.model, "compiled_shapes", ()))
+                      if hasattr(stages[name].embedder, "model") else None}
     first = next(iter(rows.values()))
     runtime = next(iter(stages.values())).digests.get("runtime")
     print(f"runtime: {runtime}; {len(images)} images from {args.photos}, batch {args.batch}, best of {args.rounds}")
