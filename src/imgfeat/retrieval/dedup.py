@@ -51,8 +51,10 @@ DEDUP_NPROBE = 8  # near-duplicates share a cell or a neighbouring one: few list
 
 
 # The default similarity of duplicates, for whole-image vectors of the default embedder: on the
-# 14 sample photos and a half-size JPEG-40 copy of each, copies scored 0.898-0.975 and distinct
-# photos at most 0.781 (tests/test_neardup_defaults.py); 0.85 sits between with room both sides.
+# 14 sample photos and a half-size JPEG-40 copy of each, copies scored at least 0.883 and distinct
+# photos at most 0.832 (benchmarks/copy_similarity.py, tests/test_neardup_defaults.py); 0.85 sits
+# between. It favours recall: 0.87 gives the precision of the older, stretched vectors at 0.85
+# (docs/search.md).
 DEFAULT_THRESHOLD = 0.85
 
 def _review_keys(index: FeatureIndex, reviews: Sequence[dict[str, Any]], width: int) -> np.ndarray:
