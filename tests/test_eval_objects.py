@@ -188,3 +188,19 @@ def test_object_sets_need_a_detector():
     with pytest.raises(ConfigError, match="objects >= 1"):
         EvalSettings(vectors=("objects",), objects=0)
     EvalSettings(detector="none", vectors=("image",), objects=0)  # not asked for: not checked
+
+
+def test_learned_codes_and_whitening_are_reported_skipped_for_the_object_sets(tmp_path, two_objects):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, colour in enumerate([(200, 30, 30), (30, 160, 40), (40, 40, 220)]):
+        blob_image(photos / f"blob{i}.png", offset=20 * i, colour=colour)
+    out = tmp_path / "results.json"
+    code = cli.main(["eval", "neardup", "--photos", str(photos), "--detector", "test-blob",
+                     "--embedder", "test-tiny", "--bits", "32", "--methods", "rproj,itq", "--perceptual", "",
+                     "--whiten", "8", "--distractors", "1", "--vectors", "objects", "--objects", "2",
+                     "--json-out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert {"objects/itq", "objects/pcaw-8"} <= set(report["skipped"])
+    assert not any(key.startswith("itq") or "pcaw" in key for key in report["results"])
