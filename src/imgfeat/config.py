@@ -128,7 +128,7 @@ class EmbedConfig:
             the manifest's model_digests.preprocess says which). On the 61 evaluation photos:
             near-duplicate top-1 0.986 -> 0.993, mAP 0.991 -> 0.996 (docs/quality.md).
         image_gray: also average the whole image's grayscale rendition into its vector (one
-            more embedder pass per whole image): grayscale and recoloured copies come closer
+            more embedder pass per whole image): grayscale copies come closer
             (docs/quality.md).
         scales: input-size factors whose vectors are averaged per crop, e.g. (1, 0.71);
             factors other than 1 need an embedder with a free input size ("mobilenet-v2-gem").

@@ -82,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default: keep their aspect ratio, long side up to 2x the short one)")
     g.add_argument("--image-gray", action="store_true",
                    help="also average each whole image's grayscale rendition into its vector (one more "
-                        "embedder pass per image; grayscale and recoloured copies come closer)")
+                        "embedder pass per image; grayscale copies come closer)")
     g.add_argument("--dtype", choices=("float32", "float16"), default=d_emb.dtype, help="embedding storage type")
     g.add_argument("--code-bits", type=int, default=d_emb.code_bits, help=f"binary code length (default {d_emb.code_bits})")
     g.add_argument("--hash", default=d_emb.hasher, metavar="HASH",
