@@ -10,7 +10,8 @@ MobileNetV2 embedder):
 
     model-only    the two networks on tensors already in memory (the ceiling), imgfeat's
                   default runtime and batch sizes: the detector once and the embedder twice
-                  per image (main-object crop and whole image, the two vectors imgfeat stores)
+                  per image (main-object crop and whole image, the two vectors imgfeat stores;
+                  the whole image at its aspect step, as imgfeat embeds it by default)
     imgfeat       `imgfeat.extract` from files to Parquet, default settings, fresh output
     imgfeat-X     the same with the runtime `auto` did not pick (X = openvino or
     model-only-X  onnxruntime), to separate what the runtime gives from the pipeline
@@ -41,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +111,7 @@ def model_only(paths: list[Path], runtime: str, streams: int = 1, precision: str
 
     from imgfeat.config import PipelineConfig
     from imgfeat.models import create_detector, create_embedder
-    from imgfeat.models.preprocess import to_tensor
+    from imgfeat.models.preprocess import aspect_size, to_tensor
 
     config = PipelineConfig.from_options(streams=streams)
     threads = config.inference_threads
@@ -120,18 +122,32 @@ def model_only(paths: list[Path], runtime: str, streams: int = 1, precision: str
     images = [np.asarray(Image.open(p).convert("RGB")) for p in paths[:max(chunk, emb_batch)]]
     det_tensors = _detector_batches(images[:chunk], det_batch)
     emb_tensor = to_tensor(images[:emb_batch], embedder.spec)
+    # whole images as imgfeat embeds them: at their own aspect step, one call per size
+    whole_sizes = [aspect_size(image.shape[0], image.shape[1], min(embedder.spec.size)) for image in images[:chunk]]
+    whole_tensors = {size: to_tensor([images[i] for i, s in enumerate(whole_sizes) if s == size],
+                                     replace(embedder.spec, size=size)) for size in set(whole_sizes)}
     names = ["keypoints", "wh"]
     for tensor in det_tensors:  # warm-up: every input shape compiled once, as a run does
         detector.model.run(tensor, names)
-    for size in {emb_batch, (2 * len(paths)) % emb_batch or emb_batch}:
+    for size in {emb_batch, len(paths) % emb_batch or emb_batch}:
         embedder.model.run(emb_tensor[:size])
+
+    def whole_images(n: int) -> None:
+        """The first n images' whole-image vectors, grouped by size in batches."""
+        for size, tensor in whole_tensors.items():
+            count = sum(1 for s in whole_sizes[:n] if s == size)
+            for start in range(0, count, emb_batch):
+                embedder.model.run(tensor[start:min(count, start + emb_batch)])
+
+    whole_images(chunk)  # warm-up of those shapes
 
     def networks(first: int) -> None:  # one pipeline batch: what one stream does at a time
         n = min(chunk, len(paths) - first)
         for k, start in enumerate(range(0, n, det_batch)):
             detector.model.run(det_tensors[k][:min(det_batch, n - start)], names)
-        for start in range(0, 2 * n, emb_batch):  # the main objects' crops and the whole images
-            embedder.model.run(emb_tensor[:min(emb_batch, 2 * n - start)])
+        for start in range(0, n, emb_batch):  # the main objects' crops
+            embedder.model.run(emb_tensor[:min(emb_batch, n - start)])
+        whole_images(n)
 
     start = time.perf_counter()
     with ThreadPoolExecutor(streams) as pool:
@@ -173,12 +189,13 @@ def naive_loop(paths: list[Path], out: Path, runtime: str) -> dict:
     import pandas as pd
 
     detector, embedder = _baseline_models(runtime)
+    whole = _whole_image_embedder(embedder)
     rows = []
     start = time.perf_counter()
     for path in paths:
         image = np.asarray(Image.open(path).convert("RGB"))
         detections = detector([image])[0]
-        embedding, image_embedding = embedder([_main_crop(image, detections), image])
+        embedding, image_embedding = embedder([_main_crop(image, detections)])[0], whole([image])[0]
         rows.append({"path": str(path), "embedding": embedding.tolist(), "image_embedding": image_embedding.tolist()})
     pd.DataFrame(rows).to_parquet(out)
     return {"images": len(paths), "seconds": time.perf_counter() - start, "runtime": embedder.runtime}
@@ -194,6 +211,13 @@ def _baseline_models(runtime: str, threads: int = 0) -> tuple:
     return detector, create_embedder("mobilenet-v2", runtime=runtime, threads=threads)
 
 
+def _whole_image_embedder(embedder):
+    """Whole images embedded as imgfeat does by default: at their own aspect ratio."""
+    from imgfeat.models.embedders import whole_image_embedder
+
+    return whole_image_embedder(embedder) or embedder
+
+
 class _Featurizer:
     """Ray actor / Spark worker body: models loaded once, then batch after batch, each model
     called at imgfeat's batch sizes for the CPU (the fastest measured), not at the engine's."""
@@ -202,6 +226,7 @@ class _Featurizer:
         from imgfeat.config import PipelineConfig
 
         self.detector, self.embedder = _baseline_models(runtime, threads)
+        self.whole = _whole_image_embedder(self.embedder)
         config = PipelineConfig()
         self.det_batch, self.emb_batch = config.detect_batch_size, config.embed_batch_size
 
@@ -209,10 +234,12 @@ class _Featurizer:
         detections = [d for i in range(0, len(images), self.det_batch)
                       for d in self.detector(images[i:i + self.det_batch])]
         # the main objects' crops, then the whole images (imgfeat stores both vectors)
-        crops = [_main_crop(image, dets) for image, dets in zip(images, detections)] + list(images)
-        vectors = np.concatenate([self.embedder(crops[i:i + self.emb_batch])
+        crops = [_main_crop(image, dets) for image, dets in zip(images, detections)]
+        objects = np.concatenate([self.embedder(crops[i:i + self.emb_batch])
                                   for i in range(0, len(crops), self.emb_batch)])
-        return np.concatenate([vectors[:len(images)], vectors[len(images):]], axis=1)
+        wholes = np.concatenate([self.whole(images[i:i + self.emb_batch])
+                                 for i in range(0, len(images), self.emb_batch)])
+        return np.concatenate([objects, wholes], axis=1)
 
 
 def _decode_bytes(content: bytes) -> np.ndarray:
