@@ -48,6 +48,19 @@ def mixed_folder(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
+def spark_session():
+    """A local Spark session (2 cores, 4 shuffle partitions) for the module, or the one running."""
+    pytest.importorskip("pyspark")
+    from imgfeat.runners.spark import spark_session as session_of
+
+    session, created = session_of("local[2]")
+    session.conf.set("spark.sql.shuffle.partitions", "4")
+    yield session
+    if created:
+        session.stop()
+
+
+@pytest.fixture(scope="module")
 def ray_local():
     """A local Ray instance for the module (2 CPUs), or the one already running."""
     ray = pytest.importorskip("ray")

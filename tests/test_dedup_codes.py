@@ -221,18 +221,6 @@ def test_ray_gives_the_local_code_groups_and_respects_reviews(features, local, r
     _same_frame(pd.read_parquet(out), local)
 
 
-@pytest.fixture(scope="module")
-def spark_session():
-    pytest.importorskip("pyspark")
-    from imgfeat.runners.spark import spark_session as session_of
-
-    session, created = session_of("local[2]")
-    session.conf.set("spark.sql.shuffle.partitions", "4")
-    yield session
-    if created:
-        session.stop()
-
-
 @pytest.mark.spark
 def test_spark_gives_the_local_code_groups(features, local, spark_session):
     from imgfeat.retrieval.dedup_spark import find_duplicates_spark

@@ -138,18 +138,6 @@ def test_engine_options_are_checked(features, tmp_path, capsys):
     assert "--kind is for the local engine" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def spark_session():
-    pytest.importorskip("pyspark")
-    from imgfeat.runners.spark import spark_session as session_of
-
-    session, created = session_of("local[2]")
-    session.conf.set("spark.sql.shuffle.partitions", "4")
-    yield session
-    if created:
-        session.stop()
-
-
 @pytest.mark.spark
 def test_spark_gives_the_local_groups_and_respects_reviews(features, local, spark_session, tmp_path):
     """One run (Spark jobs cost seconds each here): reviews on, components by label propagation

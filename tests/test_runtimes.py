@@ -11,6 +11,7 @@ from PIL import Image
 
 import imgfeat
 from imgfeat.config import PipelineConfig, RunConfig
+from imgfeat.crop import box_iou
 from imgfeat.errors import ConfigError
 from imgfeat.models import centernet, create_embedder
 from imgfeat.models.runtimes import (
@@ -106,11 +107,7 @@ def _photos() -> list[np.ndarray]:
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
-    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
+    return float(box_iou(np.asarray(a, np.float64), np.asarray(b, np.float64)[None])[0])
 
 
 @pytest.mark.gpu

@@ -12,7 +12,7 @@ score, crop, embedding, code), so the index code does not care which it holds.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -59,12 +59,6 @@ def row_id(entry_id: str) -> str:
     """The row id of an index entry (itself, unless it is an object entry "<row id>#<j>")."""
     head, sep, tail = entry_id.rpartition(OBJECT_ID_SEPARATOR)
     return head if sep and tail.isdigit() else entry_id
-
-
-def entries_of_rows(row_ids: Iterable[str], entry_ids: Iterable[str]) -> list[str]:
-    """The object entries among `entry_ids` that belong to the rows `row_ids`."""
-    wanted = set(row_ids)
-    return [e for e in entry_ids if row_id(e) in wanted]
 
 
 def count_entries(dataset: FeatureDataset, crop: str) -> int:
