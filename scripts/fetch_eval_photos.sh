@@ -11,7 +11,7 @@
 # project) of the picture STEM.jpg, found in OUT_DIR or in variants/ (variants/STEM.jpg: an
 # extra database original that is not one of the photos, e.g. a rendered wallpaper).
 #
-# Needs: apt-get (Debian bookworm archive; run `apt-get update` first), dpkg, sha256sum, and a
+# Needs: apt-get (Debian bookworm archive; run `apt-get update` first), dpkg, and a
 #        Python with pip, numpy and Pillow ($PYTHON, default python3).
 # Not run by CI: it downloads ~270 MB of .deb, wheel and sdist files.
 #
@@ -24,6 +24,7 @@ if [ $# -ne 1 ]; then
     exit 2
 fi
 OUT=$(mkdir -p "$1/variants" && cd "$1" && pwd)
+HERE=$(cd "$(dirname "$0")" && pwd)
 PYTHON=${PYTHON:-python3}
 case $PYTHON in */*) [[ $PYTHON = /* ]] || PYTHON=$PWD/$PYTHON ;; esac  # the script changes folder
 WORK=$(mktemp -d)
@@ -153,39 +154,5 @@ variants/plasma_shell.jpg|$P/Shell/contents/images/5120x2880.jpg|220d5fe725453db
 variants/plasma_shell@720x1440.jpg|$P/Shell/contents/images/720x1440.jpg|4dc9d13e897bf2e8d74f4f0ea0faed943a0642712041c26beccdfebe4e97785d
 MANIFEST
 
-while IFS='|' read -r out src sum; do
-    got=$(sha256sum "$src" | cut -d' ' -f1)
-    if [ "$got" != "$sum" ]; then
-        echo "warning: $src: sha256 $got, expected $sum" >&2
-    fi
-done < manifest.txt
-
-# Resize so the long side is <= 800 px (never enlarge), Lanczos; apply any EXIF orientation;
-# drop metadata and transparency; save as JPEG quality 90 (grayscale stays grayscale).
-# scipy's face.dat is the raccoon photo as bz2-compressed raw 768x1024 RGB bytes (no pickle).
-"$PYTHON" - "$OUT" manifest.txt <<'PY'
-import bz2
-import sys
-
-import numpy as np
-from PIL import Image, ImageOps
-
-out, manifest = sys.argv[1], sys.argv[2]
-for line in open(manifest):
-    name, src, _ = line.rstrip("\n").split("|")
-    if src.endswith("face.dat"):
-        with open(src, "rb") as f:
-            im = Image.fromarray(np.frombuffer(bz2.decompress(f.read()), np.uint8).reshape(768, 1024, 3))
-    else:
-        im = Image.open(src)
-        im.load()
-    im = ImageOps.exif_transpose(im)
-    if im.mode not in ("RGB", "L"):
-        im = im.convert("RGB")
-    w, h = im.size
-    scale = 800 / max(w, h)
-    if scale < 1:
-        im = im.resize((round(w * scale), round(h * scale)), Image.Resampling.LANCZOS)
-    im.save(f"{out}/{name}", "JPEG", quality=90, optimize=True)
-    print(f"{name}: {w}x{h} -> {im.size[0]}x{im.size[1]}")
-PY
+# check the sums, then resize and re-encode (scripts/convert_photos.py says how)
+"$PYTHON" "$HERE/convert_photos.py" "$OUT" manifest.txt

@@ -5,7 +5,7 @@
 # Usage: scripts/fetch_samples.sh OUT_DIR
 #
 # Needs: apt-get (Debian bookworm archive; run `apt-get update` first), dpkg,
-#        sha256sum, and a Python with pip and Pillow ($PYTHON, default python3).
+#        and a Python with pip, numpy and Pillow ($PYTHON, default python3).
 # Not run by CI: it downloads ~140 MB of .deb files.
 #
 # The originals are checked against the SHA-256 sums recorded in
@@ -18,7 +18,9 @@ if [ $# -ne 1 ]; then
     exit 2
 fi
 OUT=$(mkdir -p "$1" && cd "$1" && pwd)
+HERE=$(cd "$(dirname "$0")" && pwd)
 PYTHON=${PYTHON:-python3}
+case $PYTHON in */*) [[ $PYTHON = /* ]] || PYTHON=$PWD/$PYTHON ;; esac  # the script changes folder
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
@@ -70,34 +72,5 @@ boats_evening.jpg|$P/EveningGlow/contents/images/2560x1600.jpg|586682dcb362b9f62
 kite_sky.jpg|$P/Kite/contents/images/2560x1600.jpg|bdca288ce296a981e80659c021cf707caddc702c0c8d4247e60bd618476d47f8
 EOF
 
-while IFS='|' read -r out src sum; do
-    got=$(sha256sum "$src" | cut -d' ' -f1)
-    if [ "$got" != "$sum" ]; then
-        echo "warning: $src: sha256 $got, expected $sum" >&2
-    fi
-done < manifest.txt
-
-# Resize so the long side is <= 800 px (never enlarge), Lanczos; apply any
-# EXIF orientation; drop metadata.  .jpg -> JPEG quality 90, .png -> PNG.
-"$PYTHON" - "$OUT" manifest.txt <<'EOF'
-import sys
-from PIL import Image, ImageOps
-
-out, manifest = sys.argv[1], sys.argv[2]
-for line in open(manifest):
-    name, src, _ = line.rstrip("\n").split("|")
-    with Image.open(src) as im:
-        im = ImageOps.exif_transpose(im)
-        if im.mode not in ("RGB", "L"):
-            im = im.convert("RGB")
-        w, h = im.size
-        scale = 800 / max(w, h)
-        if scale < 1:
-            im = im.resize((round(w * scale), round(h * scale)), Image.Resampling.LANCZOS)
-        dst = f"{out}/{name}"
-        if name.endswith(".png"):
-            im.save(dst, "PNG", optimize=True)
-        else:
-            im.save(dst, "JPEG", quality=90, optimize=True)
-        print(f"{name}: {w}x{h} -> {im.size[0]}x{im.size[1]}")
-EOF
+# check the sums, then resize and re-encode (scripts/convert_photos.py says how)
+"$PYTHON" "$HERE/convert_photos.py" "$OUT" manifest.txt
