@@ -119,3 +119,24 @@ def test_cuda_provider_runs_the_detector():
     assert "CUDA" in model.describe()
     heads = model.run(np.zeros((2, 512, 512, 3), np.float32), list(centernet.OUTPUT_NAMES))
     assert heads[0].shape == (2, 128, 128, 80)
+
+
+def test_a_cpu_without_bf16_flags_resolves_auto_without_asking_openvino(monkeypatch):
+    from imgfeat.models import runtimes
+
+    def must_not_be_asked():
+        raise AssertionError("openvino was imported to resolve a CPU without native bf16")
+
+    monkeypatch.setattr(runtimes, "openvino_available", must_not_be_asked)
+    monkeypatch.setattr(runtimes, "cpu_flags", lambda: {"fpu", "avx2", "avx512f"})
+    runtimes.openvino_has_bf16.cache_clear()
+    try:
+        assert runtimes.openvino_has_bf16() is False
+        assert resolve_runtime("auto") == "onnxruntime"
+        # flags that show native bf16: OpenVINO decides (here: not installed)
+        monkeypatch.setattr(runtimes, "cpu_flags", lambda: {"avx512_bf16"})
+        monkeypatch.setattr(runtimes, "openvino_available", lambda: False)
+        runtimes.openvino_has_bf16.cache_clear()
+        assert runtimes.openvino_has_bf16() is False
+    finally:
+        runtimes.openvino_has_bf16.cache_clear()

@@ -43,11 +43,33 @@ def openvino_available() -> bool:
     return True
 
 
+BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}  # /proc/cpuinfo's names for native bf16
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (Linux), None where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def openvino_has_bf16() -> bool:
     """True when OpenVINO is installed and this CPU computes in bf16 natively (AVX-512 BF16
     or AMX): there OpenVINO's default precision is bf16 and it runs CNNs ~2x faster than
-    onnxruntime fp32. On AVX2-only CPUs both run fp32 and onnxruntime was as fast or faster."""
+    onnxruntime fp32. On AVX2-only CPUs both run fp32 and onnxruntime was as fast or faster.
+
+    A CPU whose flags show no native bf16 answers False without importing OpenVINO: resolving
+    `--runtime auto` then loads nothing (importing openvino starts its native thread pools) for
+    a run that will use onnxruntime. Elsewhere OpenVINO itself is asked."""
+    flags = cpu_flags()
+    if flags is not None and not flags & BF16_CPU_FLAGS:
+        return False
     if not openvino_available():
         return False
     import openvino as ov
